@@ -1,0 +1,26 @@
+"""Lookahead and lazy embedding updates as optax transformations.
+
+``lookahead(inner)`` keeps the slow weights in the optimizer state, so it works
+with plain params in any optax training loop; ``lazy_mask(inner)`` keeps the
+rows of embedding tables that were not sampled in a batch from moving.
+Compose them as ``lookahead(lazy_mask(optax.adam(1e-3)))``.
+"""
+
+from optax_lookahead._lazy import LazyMaskState, lazy_mask
+from optax_lookahead._lookahead import (
+    LookaheadState,
+    LookaheadTransformation,
+    lookahead,
+)
+from optax_lookahead._slow_params import slow_params
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "LazyMaskState",
+    "LookaheadState",
+    "LookaheadTransformation",
+    "lazy_mask",
+    "lookahead",
+    "slow_params",
+)

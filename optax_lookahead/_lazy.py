@@ -1,0 +1,283 @@
+"""Lazy embedding updates: rows that were not sampled do not move."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax._src import base
+
+from optax_lookahead import _lookahead
+from optax_lookahead._mirrors import map_param_mirrors
+from optax_lookahead._rows import (
+    broadcast_rows,
+    detect_sampled_rows,
+    given_sampled_rows,
+)
+
+EMBEDDING_NAME = "embedding"
+
+WORKING_FORM = "lookahead(lazy_mask(optax.adam(1e-3)))"
+
+# Keys that wrap a value rather than name it: Flax NNX's init sees
+# `Param` variables, whose array sits under `.value`.
+_WRAPPER_KEYS = ("value", "raw_value")
+
+
+class LazyMaskState(NamedTuple):
+    """State of :func:`lazy_mask`.
+
+    Attributes:
+      inner_state: the wrapped optimizer's state, for all params (the mask only
+        decides which rows of the selected tables may move).
+    """
+
+    inner_state: base.OptState
+
+
+Mask = base.PyTree | Callable[[base.Params], base.PyTree] | None
+
+
+def lazy_mask(
+    inner: optax.GradientTransformation = None,
+    mask: Mask = None,
+    freeze_state: bool = False,
+) -> base.GradientTransformationExtraArgs:
+    """Wraps an optimizer so rows of embedding tables that were not sampled stay put.
+
+    With a momentum optimizer (Adam, SGD with momentum) a row of an embedding
+    table whose word is not in the batch has a zero gradient but still moves,
+    because its stored momentum keeps pushing it. Wrapped in ``lazy_mask``, the
+    rows of the selected tables get a zero update unless they were sampled in
+    this batch. Leaves that are not selected are updated by ``inner`` as usual.
+
+    A row counts as sampled when its gradient row is not all zero (a row holding
+    a NaN counts as sampled, so NaNs stay visible). When every row has a non-zero
+    gradient anyway (an L2 term in the loss, gradient noise), pass the sampled
+    rows explicitly: ``update(..., sampled_rows=ids)``. For weight decay, use a
+    decoupled one inside the wrapped optimizer (``optax.adamw``): it then decays
+    only the sampled rows.
+
+    ``lazy_mask`` must wrap the optimizer: a transformation placed before Adam
+    in a chain can only change gradients, and unsampled rows already have zero
+    gradient. With lookahead, put ``lazy_mask`` inside: ``lookahead(lazy_mask(
+    optax.adam(1e-3)))``; masking a sync step would leave the fast and slow
+    weights apart.
+
+    Args:
+      inner: the optimizer to wrap, any optax transformation.
+      mask: which leaves are embedding tables (rows along axis 0, at least 2-D).
+        ``None`` (default) selects every leaf whose key path ends in
+        ``"embedding"``, the parameter name of Flax's ``nn.Embed`` and
+        ``nnx.Embed``. Otherwise a tree of bools with the params' structure (or a
+        prefix of it), or a callable taking the params (at ``init``) or the
+        updates (at ``update``) and returning such a tree, as for
+        ``optax.masked``.
+      freeze_state: ``False`` (default) is Su Jianlin's LazyOptimizer: the inner
+        state (momenta) keeps evolving for every row, only the step of unsampled
+        rows is masked. ``True`` also keeps the inner state rows of unsampled
+        rows unchanged, as TensorFlow's LazyAdam and PyTorch's SparseAdam do;
+        step counts stay global. Works for any inner optimizer whose state
+        mirrors the params leaf for leaf.
+
+    Returns:
+      An optax ``GradientTransformationExtraArgs`` whose state is a
+      :class:`LazyMaskState`. Its ``update`` takes an optional keyword argument
+      ``sampled_rows``: for each selected table, either a boolean vector with one
+      flag per row or an integer array of sampled row ids (ids outside the
+      table, such as ``-1`` padding, are ignored; repeats are fine). Give one
+      array to use it for every selected table, or a tree with the params'
+      structure holding an array (or ``None`` to detect) per selected table.
+      Other extra arguments are forwarded to ``inner``.
+
+    Raises:
+      TypeError: if ``inner`` is missing or not an optax transformation.
+      ValueError: if ``inner`` is a :func:`lookahead` (the order is reversed), or,
+        at ``init``, if the mask does not match the params, selects nothing, or
+        selects a leaf with fewer than two dimensions.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> from optax_lookahead import lazy_mask
+      >>> params = {"embedding": jnp.ones((3, 2))}
+      >>> tx = lazy_mask(optax.sgd(1.0, momentum=0.9))
+      >>> state = tx.init(params)
+      >>> grads = {"embedding": jnp.array([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])}
+      >>> _, state = tx.update(grads, state, params)
+      >>> grads = {"embedding": jnp.array([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])}
+      >>> updates, state = tx.update(grads, state, params)
+      >>> updates["embedding"]  # row 0 has momentum but was not sampled
+      Array([[ 0.,  0.],
+             [-1., -1.],
+             [ 0.,  0.]], dtype=float32)
+
+    References:
+      Su Jianlin, `Keras Implementation of LazyOptimizer
+      <https://kexue.fm/archives/6869>`_, 2019.
+    """
+    if inner is None:
+        raise TypeError(
+            "lazy_mask(inner, ...) needs the optimizer to wrap: a transformation"
+            " placed before the optimizer in optax.chain can only change"
+            " gradients, and the optimizer's momentum would still move the"
+            f" unsampled rows. Write {WORKING_FORM}."
+        )
+    if not _lookahead._is_transformation(inner):
+        raise TypeError(
+            "lazy_mask(inner, ...): inner must be an optax GradientTransformation"
+            f" such as optax.adam(1e-3), got {inner!r}. Write {WORKING_FORM}."
+        )
+    if isinstance(inner, _lookahead.LookaheadTransformation):
+        raise ValueError(_WRONG_ORDER)
+    inner = base.with_extra_args_support(inner)
+
+    def init_fn(params):
+        inner_state = inner.init(params)
+        if jax.tree.leaves(params):  # optax.tree.map_params passes an empty tree.
+            _check_no_lookahead_inside(inner_state)
+            _selection(mask, params)  # validates the mask against the params
+        return LazyMaskState(inner_state=inner_state)
+
+    def update_fn(updates, state, params=None, sampled_rows=None, **extra_args):
+        inner_updates, inner_state = inner.update(
+            updates, state.inner_state, params, **extra_args
+        )
+        rows = _sampled_rows_per_leaf(_selection(mask, updates), updates, sampled_rows)
+        masked_updates = jax.tree.map(
+            # A select, not a multiply: 0 * NaN momentum would still be NaN.
+            lambda u, r: u if r is None else jnp.where(broadcast_rows(r, u), u, 0),
+            inner_updates,
+            rows,
+            is_leaf=lambda x: x is None,
+        )
+        if freeze_state:
+            inner_state = map_param_mirrors(
+                inner,
+                _keep_unsampled_rows,
+                inner_state,
+                state.inner_state,
+                param_info=rows,
+            )
+        return masked_updates, LazyMaskState(inner_state=inner_state)
+
+    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+_WRONG_ORDER = (
+    "lazy_mask is wrapped around a lookahead; put it inside instead:"
+    f" {WORKING_FORM}. Masking a lookahead sync step would leave the fast and"
+    " slow weights apart."
+)
+
+
+def _check_no_lookahead_inside(inner_state) -> None:
+    found = [
+        leaf
+        for leaf in jax.tree.leaves(
+            inner_state, is_leaf=lambda x: isinstance(x, _LOOKAHEAD_STATES)
+        )
+        if isinstance(leaf, _LOOKAHEAD_STATES)
+    ]
+    if found:
+        raise ValueError(_WRONG_ORDER)
+
+
+_LOOKAHEAD_STATES = (_lookahead.LookaheadState, optax.LookaheadState)
+
+
+def _keep_unsampled_rows(new, old, rows):
+    """Frozen-state rule for one state leaf that mirrors a param."""
+    if rows is None:  # the param is not a selected table
+        return new
+    if new.ndim < 1 or new.shape[0] != rows.shape[0]:
+        raise ValueError(
+            "lazy_mask(freeze_state=True) needs an inner optimizer whose state"
+            " mirrors the params leaf for leaf; a state leaf of shape"
+            f" {new.shape} stands for a table of {rows.shape[0]} rows. Use"
+            " freeze_state=False with this optimizer."
+        )
+    return jnp.where(broadcast_rows(rows, new), new, old)
+
+
+def _selection(mask: Mask, tree) -> Any:
+    """Returns a tree like ``tree`` with True at the selected leaves, checked."""
+    if mask is None:
+        selected = jax.tree_util.tree_map_with_path(
+            lambda path, _: _ends_in_embedding(path), tree
+        )
+    else:
+        mask_tree = mask(tree) if callable(mask) else mask
+        try:
+            selected = jax.tree.map(
+                lambda flag, subtree: jax.tree.map(lambda _: bool(flag), subtree),
+                mask_tree,
+                tree,
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "lazy_mask: the mask must be a tree of bools with the params'"
+                " structure (or a prefix of it), or a callable returning one;"
+                f" it does not match the params: {error}"
+            ) from None
+    flagged = jax.tree_util.tree_leaves_with_path(selected)
+    leaves = jax.tree.leaves(tree)
+    if not any(flag for _, flag in flagged):
+        raise ValueError(
+            "lazy_mask: the mask selects no parameter, so nothing would be lazy."
+            " The default mask selects leaves whose path ends in 'embedding'"
+            f" (found: {[jax.tree_util.keystr(p) for p, _ in flagged]}); pass"
+            " mask= to choose the embedding tables."
+        )
+    for (path, flag), leaf in zip(flagged, leaves, strict=True):
+        if flag and jnp.ndim(leaf) < 2:
+            raise ValueError(
+                f"lazy_mask: the mask selects {jax.tree_util.keystr(path)} of shape"
+                f" {jnp.shape(leaf)}, but only tables with at least 2"
+                " dimensions (rows along axis 0) can be masked by row."
+            )
+    return selected
+
+
+def _ends_in_embedding(path) -> bool:
+    names = [_key_name(key) for key in path]
+    while names and names[-1] in _WRAPPER_KEYS:
+        names.pop()
+    return bool(names) and names[-1] == EMBEDDING_NAME
+
+
+def _key_name(key):
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return getattr(key, attribute)
+    return None
+
+
+def _sampled_rows_per_leaf(selected, updates, sampled_rows):
+    """A tree like ``updates``: a bool row vector per selected leaf, else None."""
+    if sampled_rows is None or isinstance(sampled_rows, (jax.Array, np.ndarray)):
+        given = jax.tree.map(lambda _: sampled_rows, updates)
+    else:
+        try:
+            given = jax.tree.map(lambda _, s: s, updates, sampled_rows)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "lazy_mask: sampled_rows must be one array (used for every selected"
+                " table) or a tree with the params' structure holding an array or"
+                f" None per table; it does not match the updates: {error}"
+            ) from None
+
+    def rows_for(path, flag, update, given_rows):
+        if not flag:
+            return None
+        if given_rows is None:
+            return detect_sampled_rows(update)
+        return given_sampled_rows(
+            given_rows, update.shape[0], jax.tree_util.keystr(path)
+        )
+
+    return jax.tree_util.tree_map_with_path(
+        rows_for, selected, updates, given, is_leaf=lambda x: x is None
+    )

@@ -1,0 +1,237 @@
+"""Lookahead, with the slow weights kept in the optimizer state."""
+
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import base
+
+from optax_lookahead import _checks
+from optax_lookahead._mirrors import map_param_mirrors
+
+InnerStateOnSync = Literal["keep", "reset", "pullback"]
+INNER_STATE_ON_SYNC = ("keep", "reset", "pullback")
+
+
+class LookaheadState(NamedTuple):
+    """State of :func:`lookahead`.
+
+    Attributes:
+      count: number of updates taken so far (int32 scalar). Update number
+        ``count`` (counting from 0) is a sync step when
+        ``count % sync_period == sync_period - 1``.
+      slow: the slow weights, a copy of the params' tree with the params' dtypes.
+        Evaluate and export with these (see :func:`slow_params`).
+      inner_state: the state of the inner (fast) optimizer.
+      inner_state_at_sync: with ``inner_state_on_sync="pullback"``, the inner
+        state as it was left by the last sync (or by ``init``); ``None`` for the
+        other options.
+    """
+
+    count: jax.Array
+    slow: base.Params
+    inner_state: base.OptState
+    inner_state_at_sync: Any = None
+
+
+class LookaheadTransformation(base.GradientTransformationExtraArgs):
+    """The type :func:`lookahead` returns: an ordinary optax transformation.
+
+    A subclass only so that :func:`lazy_mask` can tell, at construction, that it
+    was wrapped around a lookahead instead of the other way round.
+    """
+
+    __slots__ = ()
+
+
+def lookahead(
+    inner: optax.GradientTransformation,
+    sync_period: int = 5,
+    slow_step_size: float = 0.5,
+    inner_state_on_sync: InnerStateOnSync = "keep",
+) -> LookaheadTransformation:
+    """Lookahead: ``sync_period`` fast steps forward, then one step back.
+
+    The inner optimizer moves the params (the fast weights) every step. On every
+    ``sync_period``-th step the slow weights move ``slow_step_size`` of the way to
+    the fast weights that step produced, and the returned updates land the params
+    on the new slow weights (exactly, up to one rounding in the params' dtype)::
+
+      slow <- slow + slow_step_size * (params + inner_updates - slow)
+      params <- slow
+
+    On the other steps the inner updates pass through unchanged and the slow
+    weights are not touched: the sync runs inside a ``lax.cond``, so between
+    syncs the step costs no arithmetic and no copies of the slow weights.
+
+    Unlike ``optax.lookahead``, the slow weights live in the optimizer state, not
+    in a ``LookaheadParams`` pair, so this is a drop-in for any loop that calls
+    ``tx.update(grads, opt_state, params)`` on plain params (Flax ``TrainState``,
+    ``nnx.Optimizer``). Evaluate with :func:`slow_params`.
+
+    Args:
+      inner: the fast optimizer, any optax transformation. Extra keyword
+        arguments given to ``update`` are forwarded to it.
+      sync_period: ``k``, the number of fast steps per sync; an integer >= 1.
+        ``sync_period=1`` syncs every step.
+      slow_step_size: ``alpha`` in (0, 1], how far the slow weights move toward
+        the fast ones at a sync. ``1`` makes lookahead equal to ``inner``.
+      inner_state_on_sync: what happens to the inner optimizer's state at a sync.
+        Only the parts of the state that mirror the params (momenta, Adam's
+        moments, accumulators) are affected; step counts are never touched.
+
+        - ``"keep"`` (default, the paper's choice): leave it as it is.
+        - ``"reset"``: set those parts back to what ``inner.init`` gives (zeros
+          for Adam and momentum). Unlike ``optax.lookahead(reset_state=True)``,
+          which re-runs ``inner.init`` and so restarts the inner step count,
+          learning-rate schedules keep running and Adam's bias correction is not
+          restarted. Note the consequence for Adam: with zeroed moments and a
+          large step count, the first steps after a sync are larger than usual
+          (by up to ``(1 - b1) / sqrt(1 - b2)``, about 3.2x for the defaults).
+        - ``"pullback"``: the Lookahead authors' "pullback" momentum: each of
+          those parts moves toward its value at the previous sync as the weights
+          do, ``state <- state_at_sync + slow_step_size * (state -
+          state_at_sync)``. This applies to all of them, Adam's second moment
+          included, and keeps one more copy of them in the state.
+
+    Returns:
+      An optax ``GradientTransformationExtraArgs`` whose state is a
+      :class:`LookaheadState`. ``update`` needs ``params``.
+
+    Raises:
+      TypeError: if ``inner`` is not an optax transformation.
+      ValueError: if ``sync_period`` is not an integer >= 1, ``slow_step_size`` is
+        not in (0, 1], or ``inner_state_on_sync`` is not one of the options.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> from optax_lookahead import lookahead, slow_params
+      >>> tx = lookahead(optax.sgd(1.0), sync_period=2, slow_step_size=0.5)
+      >>> params = jnp.array([4.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(2):  # the gradient is 1, so each fast step moves -1
+      ...   updates, state = tx.update(jnp.array([1.0]), state, params)
+      ...   params = optax.apply_updates(params, updates)
+      ...   print(params, slow_params(state))
+      [3.] [4.]
+      [3.] [3.]
+
+      The second step would take the fast weights to 2; the sync moves the slow
+      weights half way there, from 4 to 3, and puts the params on them.
+
+    References:
+      Zhang, Lucas, Hinton, Ba, `Lookahead Optimizer: k steps forward, 1 step
+      back <https://arxiv.org/abs/1907.08610>`_, 2019.
+    """
+    if not _is_transformation(inner):
+        raise TypeError(
+            "lookahead(inner, ...): inner must be an optax GradientTransformation"
+            f" such as optax.adam(1e-3), got {inner!r}."
+        )
+    _checks.check_sync_period(sync_period)
+    _checks.check_slow_step_size(slow_step_size)
+    _checks.check_choice(
+        "inner_state_on_sync", inner_state_on_sync, INNER_STATE_ON_SYNC
+    )
+    inner = base.with_extra_args_support(inner)
+
+    def init_fn(params):
+        inner_state = inner.init(params)
+        return LookaheadState(
+            count=jnp.zeros([], jnp.int32),
+            # Distinct buffers, so that params and state can be donated together.
+            slow=jax.tree.map(jnp.copy, params),
+            inner_state=inner_state,
+            inner_state_at_sync=(
+                jax.tree.map(jnp.copy, inner_state)
+                if inner_state_on_sync == "pullback"
+                else None
+            ),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError(base.NO_PARAMS_MSG)
+        inner_updates, inner_state = inner.update(
+            updates, state.inner_state, params, **extra_args
+        )
+        is_sync = state.count % sync_period == sync_period - 1
+
+        def sync(inner_updates, slow, inner_state, inner_state_at_sync):
+            fast = optax.apply_updates(params, inner_updates)
+            new_slow = jax.tree.map(_interpolate, slow, fast)
+            # new_slow - params, in the dtype the inner optimizer chose for updates.
+            landing_updates = jax.tree.map(
+                lambda s, p, u: (_widen(s) - _widen(p)).astype(u.dtype),
+                new_slow,
+                params,
+                inner_updates,
+            )
+            if inner_state_on_sync == "reset":
+                inner_state = map_param_mirrors(
+                    inner, lambda _, fresh, __: fresh, inner_state, inner.init(params)
+                )
+            elif inner_state_on_sync == "pullback":
+                inner_state = map_param_mirrors(
+                    inner,
+                    lambda now, before, _: _interpolate(before, now),
+                    inner_state,
+                    inner_state_at_sync,
+                )
+                inner_state_at_sync = inner_state
+            return landing_updates, new_slow, inner_state, inner_state_at_sync
+
+        def no_sync(inner_updates, slow, inner_state, inner_state_at_sync):
+            return inner_updates, slow, inner_state, inner_state_at_sync
+
+        if inner_state_on_sync == "keep":
+            # The inner state stays out of the cond, so XLA never has to route it
+            # through a branch.
+            new_updates, slow, _, _ = jax.lax.cond(
+                is_sync, sync, no_sync, inner_updates, state.slow, None, None
+            )
+            inner_state_at_sync = None
+        else:
+            new_updates, slow, inner_state, inner_state_at_sync = jax.lax.cond(
+                is_sync,
+                sync,
+                no_sync,
+                inner_updates,
+                state.slow,
+                inner_state,
+                state.inner_state_at_sync,
+            )
+        new_state = LookaheadState(
+            count=optax.safe_increment(state.count),
+            slow=slow,
+            inner_state=inner_state,
+            inner_state_at_sync=inner_state_at_sync,
+        )
+        return new_updates, new_state
+
+    def _interpolate(start, end):
+        """``start + slow_step_size * (end - start)``, in at least float32."""
+        if not jnp.issubdtype(start.dtype, jnp.inexact):
+            return end
+        step = jnp.asarray(slow_step_size, _widen(start).dtype)
+        return (_widen(start) + step * (_widen(end) - _widen(start))).astype(
+            start.dtype
+        )
+
+    return LookaheadTransformation(init_fn, update_fn)
+
+
+def _widen(x: jax.Array) -> jax.Array:
+    """Casts low-precision floats to float32 so interpolation does not lose bits."""
+    # Not jnp.promote_types: under strict promotion it refuses bfloat16 + float32.
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        return x.astype(jnp.float32)
+    return x
+
+
+def _is_transformation(candidate) -> bool:
+    return callable(getattr(candidate, "init", None)) and callable(
+        getattr(candidate, "update", None)
+    )

@@ -1,0 +1,18 @@
+"""Shared test setup: JAX's strictest numeric settings, and helpers.
+
+Every test in this folder runs with ``jax_numpy_dtype_promotion="strict"`` and
+``jax_numpy_rank_promotion="raise"``, so an implicit promotion in the library
+fails a test. optax itself is not clean under strict promotion (``optax.adam``
+raises on ``float ** int32``), so the tests wrap such inner optimizers with
+``tests.helpers.standard_promotion``: their own code runs with the default
+rules while ours stays strict.
+"""
+
+import jax
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _strict_numerics():
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+        yield

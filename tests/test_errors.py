@@ -1,0 +1,134 @@
+"""Every bad input gets an error that names the argument and what was wrong."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optax_lookahead import lazy_mask, lookahead, slow_params
+
+WORKING_FORM = "lookahead(lazy_mask(optax.adam(1e-3)))"
+
+
+@pytest.mark.parametrize("sync_period", [0, -3, 2.5, True, "5", np.array([2, 3])])
+def test_bad_sync_period(sync_period):
+    with pytest.raises(ValueError, match="sync_period"):
+        lookahead(optax.sgd(0.1), sync_period=sync_period)
+
+
+@pytest.mark.parametrize(
+    "slow_step_size", [0.0, 1.5, -0.5, float("nan"), "0.5", None, True]
+)
+def test_bad_slow_step_size(slow_step_size):
+    with pytest.raises(ValueError, match="slow_step_size"):
+        lookahead(optax.sgd(0.1), slow_step_size=slow_step_size)
+
+
+def test_good_hyperparameters_of_other_types_are_accepted():
+    lookahead(optax.sgd(0.1), sync_period=np.int64(3), slow_step_size=np.float32(1.0))
+    lookahead(optax.sgd(0.1), sync_period=jnp.array(3), slow_step_size=jnp.array(0.2))
+
+
+def test_bad_inner_state_on_sync():
+    with pytest.raises(ValueError, match="inner_state_on_sync.*'keep'"):
+        lookahead(optax.sgd(0.1), inner_state_on_sync="restart")
+
+
+@pytest.mark.parametrize("build", [lookahead, lazy_mask])
+def test_inner_must_be_a_transformation(build):
+    with pytest.raises(
+        TypeError, match="inner must be an optax GradientTransformation"
+    ):
+        build(jnp.ones(3))
+
+
+def test_update_without_params():
+    tx = lookahead(optax.sgd(0.1))
+    state = tx.init(jnp.ones(2))
+    with pytest.raises(ValueError, match="params"):
+        tx.update(jnp.ones(2), state)
+
+
+def test_lazy_mask_without_optimizer_shows_the_working_form():
+    with pytest.raises(TypeError) as error:
+        optax.chain(lazy_mask(), lookahead(optax.adam(1e-3)))
+    assert WORKING_FORM in str(error.value)
+
+
+def test_lazy_mask_around_lookahead_is_refused_at_construction():
+    with pytest.raises(ValueError, match="put it inside") as error:
+        lazy_mask(lookahead(optax.adam(1e-3)))
+    assert WORKING_FORM in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        lambda: optax.chain(optax.clip(1.0), lookahead(optax.sgd(0.1))),
+        lambda: optax.MultiSteps(
+            lookahead(optax.sgd(0.1)), 2
+        ).gradient_transformation(),
+    ],
+    ids=["chain", "multisteps"],
+)
+def test_lazy_mask_around_a_hidden_lookahead_is_refused_at_init(hidden):
+    tx = lazy_mask(hidden())
+    with pytest.raises(ValueError, match="put it inside"):
+        tx.init({"embedding": jnp.ones((3, 2))})
+
+
+def test_mask_that_selects_nothing():
+    tx = lazy_mask(optax.sgd(0.1))
+    with pytest.raises(ValueError, match="selects no parameter.*mask="):
+        tx.init({"kernel": jnp.ones((3, 2))})
+
+
+def test_mask_that_selects_a_vector():
+    tx = lazy_mask(optax.sgd(0.1), mask={"embedding": True, "bias": True})
+    with pytest.raises(ValueError, match=r"\['bias'\] of shape \(2,\).*2 dimensions"):
+        tx.init({"embedding": jnp.ones((3, 2)), "bias": jnp.ones(2)})
+
+
+def test_mask_that_does_not_match_the_params():
+    tx = lazy_mask(optax.sgd(0.1), mask={"embedding": True, "other": False})
+    with pytest.raises(ValueError, match="mask.*does not match the params"):
+        tx.init({"embedding": jnp.ones((3, 2))})
+
+
+def test_bad_sampled_rows():
+    params = {"embedding": jnp.ones((4, 2))}
+    tx = lazy_mask(optax.sgd(0.1))
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"sampled_rows for \['embedding'\].*\(4,\)"):
+        tx.update(params, state, params, sampled_rows=jnp.ones(3, jnp.bool_))
+    with pytest.raises(TypeError, match="sampled_rows.*float32"):
+        tx.update(params, state, params, sampled_rows=jnp.ones(4))
+    with pytest.raises(ValueError, match="sampled_rows.*does not match"):
+        tx.update(params, state, params, sampled_rows={"other": jnp.arange(2)})
+
+
+def test_freeze_state_needs_state_that_mirrors_params():
+    """An inner state with one entry per column cannot be frozen by row."""
+
+    def init(params):
+        return jax.tree.map(lambda p: jnp.zeros(p.shape[1:], p.dtype), params)
+
+    def update(updates, state, params=None):
+        return updates, jax.tree.map(lambda s, u: s + u.sum(0), state, updates)
+
+    tx = lazy_mask(optax.GradientTransformation(init, update), freeze_state=True)
+    params = {"embedding": jnp.ones((4, 3))}
+    with pytest.raises(
+        ValueError, match=r"freeze_state=True\) needs.*freeze_state=False"
+    ):
+        tx.update(params, tx.init(params), params)
+
+
+def test_slow_params_without_or_with_two_lookaheads():
+    params = jnp.ones(2)
+    with pytest.raises(ValueError, match="no LookaheadState"):
+        slow_params(optax.adam(0.1).init(params))
+    two = optax.chain(lookahead(optax.sgd(0.1)), lookahead(optax.sgd(0.1)))
+    with pytest.raises(ValueError, match=r"2 LookaheadStates, at \[0\], \[1\]"):
+        slow_params(two.init(params))

@@ -10,6 +10,14 @@ rules while ours stays strict.
 
 import jax
 import pytest
+from hypothesis import settings
+
+# Derandomized: CI sees the same examples on every run, so a failure is
+# reproducible and a green run is not luck. No example database on disk.
+settings.register_profile(
+    "deterministic", derandomize=True, database=None, deadline=None
+)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(autouse=True)

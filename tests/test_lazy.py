@@ -77,7 +77,9 @@ def test_matches_reference_lazy_adam(rows, trailing, steps, freeze_state, seed):
     )
     for got, want in zip(history, expected):
         for got_leaf, want_leaf in zip(leaves64(got), want):
-            np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-6)
+            # float32 against float64: Adam divides by sqrt(v), which magnifies
+            # rounding where gradients are small, so allow a 1e-4 step fraction.
+            np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("freeze_state", [False, True])

@@ -1,0 +1,80 @@
+"""Evaluating Flax models on the slow weights.
+
+Both Flax APIs use ``lookahead`` and ``lazy_mask`` unchanged: linen's
+``TrainState.apply_gradients`` and ``nnx.Optimizer.update`` call
+``tx.update(grads, opt_state, params)``. What they cannot do on their own is
+put the slow weights into a model for evaluation; these two helpers do, without
+copying any array. This module imports Flax; the rest of the package does not.
+"""
+
+from flax import nnx
+from flax.training import train_state as linen_train_state
+
+from optax_lookahead._slow_params import slow_params
+
+
+def slow_train_state(
+    state: linen_train_state.TrainState,
+) -> linen_train_state.TrainState:
+    """Returns ``state`` with its params replaced by the slow weights.
+
+    The result shares every array with ``state`` (the slow weights are not
+    copied), so it costs nothing to build for each evaluation. Evaluate with it;
+    keep training with ``state``.
+
+    Args:
+      state: a Flax ``TrainState`` whose ``tx`` holds one :func:`lookahead`.
+
+    Returns:
+      A ``TrainState`` equal to ``state`` but for ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> from flax.training.train_state import TrainState
+      >>> from optax_lookahead import lookahead
+      >>> from optax_lookahead.flax import slow_train_state
+      >>> state = TrainState.create(
+      ...     apply_fn=lambda params, x: params["w"] * x,
+      ...     params={"w": jnp.array(4.0)},
+      ...     tx=lookahead(optax.sgd(1.0), sync_period=2),
+      ... )
+      >>> state = state.apply_gradients(grads={"w": jnp.array(1.0)})
+      >>> float(state.params["w"]), float(slow_train_state(state).params["w"])
+      (3.0, 4.0)
+    """
+    return state.replace(params=slow_params(state.opt_state))
+
+
+def slow_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
+    """Returns a new NNX model holding the slow weights; ``model`` is unchanged.
+
+    The variables the optimizer trains (its ``wrt`` filter, usually
+    ``nnx.Param``) take the slow weights; every other variable (batch
+    statistics, RNG state) is shared with ``model``. No array is copied.
+
+    Args:
+      model: the model the optimizer trains.
+      optimizer: an ``nnx.Optimizer`` whose ``tx`` holds one :func:`lookahead`.
+
+    Returns:
+      A model of the same type for evaluation with the slow weights.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> from flax import nnx
+      >>> from optax_lookahead import lookahead
+      >>> from optax_lookahead.flax import slow_model
+      >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+      >>> optimizer = nnx.Optimizer(model, lookahead(optax.sgd(0.1)), wrt=nnx.Param)
+      >>> grads = nnx.grad(lambda m: m(jnp.ones((1, 2))).sum())(model)
+      >>> _ = optimizer.update(model, grads)
+      >>> evaluated = slow_model(model, optimizer)
+      >>> evaluated.bias[0], model.bias[0]
+      (Array(0., dtype=float32), Array(-0.1, dtype=float32))
+    """
+    slow = slow_params(nnx.as_pure(optimizer.opt_state))
+    graphdef, trained, rest = nnx.split(model, optimizer.wrt, ...)
+    nnx.replace_by_pure_dict(trained, nnx.to_pure_dict(slow))
+    return nnx.merge(graphdef, trained, rest)

@@ -1,0 +1,346 @@
+"""pmap, sharded jit, shard_map and donation on 8 host CPU devices.
+
+The root conftest.py sets ``--xla_force_host_platform_device_count=8``.
+"""
+
+import re
+from functools import partial
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from optax_lookahead import LookaheadState, lazy_mask, lookahead, slow_params
+from tests.helpers import assert_trees_close, standard_promotion
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs 8 devices (see the root conftest.py)"
+)
+
+VOCAB, DIM = 32, 8
+
+
+def make_tx(freeze_state=False):
+    return lookahead(
+        lazy_mask(standard_promotion(optax.adam(0.05)), freeze_state=freeze_state),
+        sync_period=3,
+    )
+
+
+def init_params(key=0):
+    k1, k2 = jax.random.split(jax.random.key(key))
+    return {
+        "embedding": jax.random.normal(k1, (VOCAB, DIM)),
+        "kernel": jax.random.normal(k2, (DIM, 4)),
+    }
+
+
+def loss_fn(params, words):
+    hidden = params["embedding"][words].mean(axis=1) @ params["kernel"]
+    return jnp.mean(jnp.square(hidden - 1.0))
+
+
+def word_batches(count, batch):
+    rng = np.random.default_rng(0)
+    # Words 24..31 never occur, so their rows must never move.
+    return [jnp.asarray(rng.integers(0, 24, size=(batch, 5))) for _ in range(count)]
+
+
+def single_device_run(tx, params, batches):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, words):
+        grads = jax.grad(loss_fn)(params, words)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for words in batches:
+        params, state = step(params, state, words)
+    return params, state
+
+
+@pytest.mark.parametrize("freeze_state", [False, True])
+def test_pmap_data_parallel_matches_single_device(freeze_state):
+    tx = make_tx(freeze_state)
+    params = init_params()
+    batches = word_batches(count=7, batch=64)
+    devices = 8
+
+    @partial(jax.pmap, axis_name="data")
+    def step(params, state, words):
+        grads = jax.lax.pmean(jax.grad(loss_fn)(params, words), "data")
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    replicate = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * devices), tree)
+    replicated_params = replicate(params)
+    replicated_state = replicate(tx.init(params))
+    for words in batches:
+        shards = words.reshape(devices, -1, *words.shape[1:])
+        replicated_params, replicated_state = step(
+            replicated_params, replicated_state, shards
+        )
+
+    # Every replica holds the same params and slow weights.
+    for leaf in jax.tree.leaves((replicated_params, slow_params(replicated_state))):
+        for replica in range(1, devices):
+            np.testing.assert_array_equal(leaf[replica], leaf[0])
+    # And they match one device on the whole batch (same mean gradient).
+    want_params, want_state = single_device_run(tx, params, batches)
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    assert_trees_close(first(replicated_params), want_params, rtol=1e-5, atol=1e-6)
+    assert_trees_close(
+        slow_params(first(replicated_state)),
+        slow_params(want_state),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    unseen = np.asarray(first(replicated_params)["embedding"])[24:]
+    np.testing.assert_array_equal(unseen, np.asarray(params["embedding"])[24:])
+
+
+MESH_SPECS = {
+    "both_axes": {"embedding": P("x", "y"), "kernel": P("x", "y")},
+    "rows": {"embedding": P("x", None), "kernel": P(None, "y")},
+    "columns": {"embedding": P(None, "y"), "kernel": P("y", None)},
+}
+
+
+def mesh_2d(axis_type=AxisType.Explicit):
+    return jax.make_mesh((4, 2), ("x", "y"), axis_types=(axis_type, axis_type))
+
+
+def sharded_params(mesh, specs):
+    return jax.tree.map(
+        lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec)),
+        init_params(),
+        specs,
+    )
+
+
+def param_shardings_in_state(tx, state, params):
+    """The state's param-mirroring leaves paired with their param's sharding."""
+    pairs = []
+    optax.tree.map_params(
+        tx,
+        lambda leaf, param: pairs.append((leaf, param)),
+        state,
+        params,
+        transform_non_params=lambda _: None,
+    )
+    return pairs
+
+
+def assert_state_follows_params(tx, state, params):
+    pairs = param_shardings_in_state(tx, state, params)
+    # slow, mu, nu for each of the two params.
+    assert len(pairs) == 6
+    for leaf, param in pairs:
+        assert leaf.sharding.is_equivalent_to(param.sharding, param.ndim), (
+            leaf.sharding,
+            param.sharding,
+        )
+        assert leaf.dtype == param.dtype and leaf.shape == param.shape
+
+
+@pytest.mark.parametrize("layout", sorted(MESH_SPECS))
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+def test_state_follows_param_sharding(layout, axis_type):
+    mesh = mesh_2d(axis_type)
+    params = sharded_params(mesh, MESH_SPECS[layout])
+    tx = make_tx(freeze_state=True)
+
+    # Eager init keeps each state leaf on its param's sharding.
+    state = tx.init(params)
+    assert_state_follows_params(tx, state, params)
+
+    # jit init: give out_shardings built from the params' shardings.
+    state_shardings = optax.tree.map_params(
+        tx,
+        lambda _, param: param.sharding,
+        jax.eval_shape(tx.init, params),
+        params,
+        transform_non_params=lambda _: NamedSharding(mesh, P()),
+    )
+    jit_state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+    assert_state_follows_params(tx, jit_state, params)
+
+    # Gradients laid out like the params, as a sharded train step produces
+    # them; rows 24.. of the table are unsampled.
+    grads = jax.tree.map(lambda p: 0.1 * p, params)
+    sampled = (jnp.arange(VOCAB) < 24)[:, None]
+    grads["embedding"] = jnp.where(sampled, grads["embedding"], 0.0)
+    # Without jit and with jit: the updated state keeps the layout.
+    for update in (tx.update, jax.jit(tx.update)):
+        updates, new_state = update(grads, state, params)
+        assert_state_follows_params(tx, new_state, params)
+        for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+            assert u.sharding.is_equivalent_to(p.sharding, p.ndim)
+
+    if axis_type == AxisType.Explicit:
+        # Sharding is part of the type: jax.typeof shows it on every leaf.
+        for leaf, param in param_shardings_in_state(tx, new_state, params):
+            assert jax.typeof(leaf).sharding.spec == jax.typeof(param).sharding.spec
+
+
+def test_init_from_shape_dtype_structs():
+    mesh = mesh_2d()
+    params = sharded_params(mesh, MESH_SPECS["both_axes"])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params
+    )
+    tx = make_tx()
+    shapes = jax.eval_shape(tx.init, abstract)
+    assert isinstance(shapes, LookaheadState)
+    for leaf, param in param_shardings_in_state(tx, shapes, abstract):
+        assert leaf.shape == param.shape and leaf.dtype == param.dtype
+        # eval_shape reports the abstract mesh: compare layouts, not devices.
+        assert leaf.sharding.spec == param.sharding.spec
+        assert leaf.sharding.mesh.axis_names == param.sharding.mesh.axis_names
+
+
+def collectives(hlo_text):
+    """Counts of the collective ops in optimized HLO text, by op name."""
+    names = re.findall(
+        r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+        r"(?:-start)?\(",
+        hlo_text,
+    )
+    return {name: names.count(name) for name in set(names)}
+
+
+def compiled_step_hlo(tx, params):
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step).lower(params, state, grads).compile().as_text()
+
+
+@pytest.mark.parametrize("layout", sorted(MESH_SPECS))
+def test_lookahead_adds_no_collective(layout):
+    params = sharded_params(mesh_2d(AxisType.Auto), MESH_SPECS[layout])
+    # Global-norm clipping needs all-reduces of its own, so the count is not
+    # trivially zero on both sides.
+    inner = optax.chain(
+        optax.clip_by_global_norm(1.0), standard_promotion(optax.adam(0.05))
+    )
+    plain = collectives(compiled_step_hlo(inner, params))
+    with_lookahead = collectives(compiled_step_hlo(lookahead(inner), params))
+    assert plain.get("all-reduce", 0) >= 1
+    assert with_lookahead == plain
+
+
+@pytest.mark.parametrize("freeze_state", [False, True])
+def test_lazy_detection_on_a_column_sharded_table_adds_one_small_all_reduce(
+    freeze_state,
+):
+    params = sharded_params(mesh_2d(AxisType.Auto), MESH_SPECS["columns"])
+    adam = standard_promotion(optax.adam(0.05))
+    plain = compiled_step_hlo(adam, params)
+    lazy = compiled_step_hlo(lazy_mask(adam, freeze_state=freeze_state), params)
+    added = {
+        name: count - collectives(plain).get(name, 0)
+        for name, count in collectives(lazy).items()
+    }
+    assert sum(added.values()) <= 1 and set(added) <= {"all-reduce"}
+    # The added all-reduce carries one flag (or partial sum) per row, not the table.
+    shapes = lambda hlo: re.findall(r"= (\w+\[[\d,]*\])[^=\n]*? all-reduce\(", hlo)
+    extra = list(shapes(lazy))
+    for shape in shapes(plain):
+        extra.remove(shape)
+    assert len(extra) == sum(added.values())
+    for shape in extra:
+        assert re.fullmatch(rf"\w+\[{VOCAB}\]", shape), shape
+
+
+def test_row_sharded_table_needs_no_collective_for_detection():
+    params = sharded_params(mesh_2d(AxisType.Auto), MESH_SPECS["rows"])
+    adam = standard_promotion(optax.adam(0.05))
+    assert collectives(compiled_step_hlo(lazy_mask(adam), params)) == collectives(
+        compiled_step_hlo(adam, params)
+    )
+
+
+def test_shard_map_runs_the_transforms_per_shard():
+    mesh = jax.make_mesh((8,), ("rows",), axis_types=(AxisType.Auto,))
+    tx = make_tx(freeze_state=True)
+    params = {"embedding": init_params()["embedding"]}
+    batches = word_batches(count=5, batch=16)
+    specs = {"embedding": P("rows", None)}
+
+    @jax.jit
+    def step(params, state, words):
+        grads = jax.grad(lambda p: loss_fn({**p, "kernel": jnp.eye(DIM, 4)}, words))(
+            params
+        )
+
+        # Each device updates its own block of rows; detection is per row, so
+        # it needs nothing from the other shards.
+        state_specs = optax.tree.map_params(
+            tx, lambda _: P("rows", None), state, transform_non_params=lambda _: P()
+        )
+        updates, state = jax.shard_map(
+            tx.update,
+            mesh=mesh,
+            in_specs=(specs, state_specs, specs),
+            out_specs=(specs, state_specs),
+        )(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    sharded = jax.device_put(params, NamedSharding(mesh, P("rows", None)))
+    sharded_state = tx.init(sharded)
+    for words in batches:
+        sharded, sharded_state = step(sharded, sharded_state, words)
+
+    def plain_step(params, state, words):
+        grads = jax.grad(lambda p: loss_fn({**p, "kernel": jnp.eye(DIM, 4)}, words))(
+            params
+        )
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for words in batches:
+        params, state = jax.jit(plain_step)(params, state, words)
+    assert_trees_close(sharded, params, rtol=1e-6, atol=1e-7)
+    assert_trees_close(slow_params(sharded_state), slow_params(state), rtol=1e-6)
+
+
+def test_sharded_step_with_donation_reuses_buffers_and_compiles_once():
+    mesh = mesh_2d(AxisType.Auto)
+    params = sharded_params(mesh, MESH_SPECS["rows"])
+    tx = make_tx()
+    state_shardings = optax.tree.map_params(
+        tx,
+        lambda _, param: param.sharding,
+        jax.eval_shape(tx.init, params),
+        params,
+        transform_non_params=lambda _: NamedSharding(mesh, P()),
+    )
+    state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+    chex.clear_trace_counter()
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    @chex.assert_max_traces(n=1)
+    def step(params, state, words):
+        grads = jax.grad(loss_fn)(params, words)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for words in word_batches(count=6, batch=16):
+        old_params, old_state = params, state
+        params, state = step(params, state, words)
+        assert old_params["embedding"].is_deleted()
+        assert old_state.slow["embedding"].is_deleted()
+    assert step._cache_size() == 1
+    assert_state_follows_params(tx, state, params)

@@ -13,6 +13,7 @@ from optax_lookahead._lookahead import (
     lookahead,
 )
 from optax_lookahead._slow_params import slow_params
+from optax_lookahead._update_and_apply import update_and_apply
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,5 @@ __all__ = (
     "lazy_mask",
     "lookahead",
     "slow_params",
+    "update_and_apply",
 )

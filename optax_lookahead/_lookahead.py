@@ -1,5 +1,6 @@
 """Lookahead, with the slow weights kept in the optimizer state."""
 
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -38,11 +39,19 @@ class LookaheadState(NamedTuple):
 class LookaheadTransformation(base.GradientTransformationExtraArgs):
     """The type :func:`lookahead` returns: an ordinary optax transformation.
 
-    A subclass only so that :func:`lazy_mask` can tell, at construction, that it
-    was wrapped around a lookahead instead of the other way round.
+    A subclass so that :func:`lazy_mask` can tell, at construction, that it was
+    wrapped around a lookahead instead of the other way round, and so that it
+    can carry the fused step that :func:`update_and_apply` runs.
+
+    Attributes:
+      update_and_apply: ``(updates, state, params, **extra_args) -> (params,
+        state)``; use it through :func:`update_and_apply`.
     """
 
-    __slots__ = ()
+    # No __slots__: unlike its NamedTuple bases, each instance has a __dict__
+    # to carry update_and_apply, since a third tuple field would break
+    # ``init, update = tx``.
+    update_and_apply: Callable[..., tuple[base.Params, LookaheadState]]
 
 
 def lookahead(
@@ -151,54 +160,56 @@ def lookahead(
             ),
         )
 
-    def update_fn(updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(base.NO_PARAMS_MSG)
-        inner_updates, inner_state = inner.update(
-            updates, state.inner_state, params, **extra_args
-        )
+    def synced_inner_state(inner_state, inner_state_at_sync, params):
+        """The inner state after a sync, as ``inner_state_on_sync`` asks."""
+        if inner_state_on_sync == "reset":
+            fresh = inner.init(params)
+            return (
+                map_param_mirrors(inner, lambda _, new, __: new, inner_state, fresh),
+                inner_state_at_sync,
+            )
+        if inner_state_on_sync == "pullback":
+            pulled = map_param_mirrors(
+                inner,
+                lambda now, before, _: _interpolate(before, now),
+                inner_state,
+                inner_state_at_sync,
+            )
+            return pulled, pulled
+        return inner_state, inner_state_at_sync
+
+    def sync_if_due(state, inner_state, params, output, sync_output):
+        """Runs the sync under ``lax.cond``; between syncs everything passes through.
+
+        ``output`` is what the step returns between syncs (the inner updates,
+        or the fast params); ``sync_output(output, slow)`` gives the new slow
+        weights and what the step returns at a sync instead.
+        """
         is_sync = state.count % sync_period == sync_period - 1
 
-        def sync(inner_updates, slow, inner_state, inner_state_at_sync):
-            fast = optax.apply_updates(params, inner_updates)
-            new_slow = jax.tree.map(_interpolate, slow, fast)
-            # new_slow - params, in the dtype the inner optimizer chose for updates.
-            landing_updates = jax.tree.map(
-                lambda s, p, u: (_widen(s) - _widen(p)).astype(u.dtype),
-                new_slow,
-                params,
-                inner_updates,
+        def sync(output, slow, inner_state, inner_state_at_sync):
+            slow, output = sync_output(output, slow)
+            inner_state, inner_state_at_sync = synced_inner_state(
+                inner_state, inner_state_at_sync, params
             )
-            if inner_state_on_sync == "reset":
-                inner_state = map_param_mirrors(
-                    inner, lambda _, fresh, __: fresh, inner_state, inner.init(params)
-                )
-            elif inner_state_on_sync == "pullback":
-                inner_state = map_param_mirrors(
-                    inner,
-                    lambda now, before, _: _interpolate(before, now),
-                    inner_state,
-                    inner_state_at_sync,
-                )
-                inner_state_at_sync = inner_state
-            return landing_updates, new_slow, inner_state, inner_state_at_sync
+            return output, slow, inner_state, inner_state_at_sync
 
-        def no_sync(inner_updates, slow, inner_state, inner_state_at_sync):
-            return inner_updates, slow, inner_state, inner_state_at_sync
+        def no_sync(*operands):
+            return operands
 
         if inner_state_on_sync == "keep":
-            # The inner state stays out of the cond, so XLA never has to route it
-            # through a branch.
-            new_updates, slow, _, _ = jax.lax.cond(
-                is_sync, sync, no_sync, inner_updates, state.slow, None, None
+            # The inner state stays out of the cond: it never changes at a sync,
+            # and routing it through a branch could only cost copies.
+            output, slow, _, _ = jax.lax.cond(
+                is_sync, sync, no_sync, output, state.slow, None, None
             )
             inner_state_at_sync = None
         else:
-            new_updates, slow, inner_state, inner_state_at_sync = jax.lax.cond(
+            output, slow, inner_state, inner_state_at_sync = jax.lax.cond(
                 is_sync,
                 sync,
                 no_sync,
-                inner_updates,
+                output,
                 state.slow,
                 inner_state,
                 state.inner_state_at_sync,
@@ -209,7 +220,42 @@ def lookahead(
             inner_state=inner_state,
             inner_state_at_sync=inner_state_at_sync,
         )
-        return new_updates, new_state
+        return output, new_state
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError(base.NO_PARAMS_MSG)
+        inner_updates, inner_state = inner.update(
+            updates, state.inner_state, params, **extra_args
+        )
+
+        def land_on_slow(inner_updates, slow):
+            new_slow = jax.tree.map(
+                _interpolate, slow, optax.apply_updates(params, inner_updates)
+            )
+            # new_slow - params, in the dtype the inner optimizer chose for updates.
+            landing = jax.tree.map(
+                lambda s, p, u: (_widen(s) - _widen(p)).astype(u.dtype),
+                new_slow,
+                params,
+                inner_updates,
+            )
+            return new_slow, landing
+
+        return sync_if_due(state, inner_state, params, inner_updates, land_on_slow)
+
+    def update_and_apply_fn(updates, state, params, **extra_args):
+        """The fused step: apply the inner updates, then sync the params."""
+        inner_updates, inner_state = inner.update(
+            updates, state.inner_state, params, **extra_args
+        )
+        fast = optax.apply_updates(params, inner_updates)
+
+        def jump_to_slow(fast, slow):
+            new_slow = jax.tree.map(_interpolate, slow, fast)
+            return new_slow, new_slow
+
+        return sync_if_due(state, inner_state, params, fast, jump_to_slow)
 
     def _interpolate(start, end):
         """``start + slow_step_size * (end - start)``, in at least float32."""
@@ -220,7 +266,9 @@ def lookahead(
             start.dtype
         )
 
-    return LookaheadTransformation(init_fn, update_fn)
+    transformation = LookaheadTransformation(init_fn, update_fn)
+    transformation.update_and_apply = update_and_apply_fn
+    return transformation
 
 
 def _widen(x: jax.Array) -> jax.Array:

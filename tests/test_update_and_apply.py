@@ -1,0 +1,108 @@
+"""The fused step gives the plain transformation's results."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training.train_state import TrainState
+
+from optax_lookahead import lazy_mask, lookahead, slow_params, update_and_apply
+from optax_lookahead.flax import LookaheadTrainState
+from tests.helpers import assert_trees_close, quadratic_problem, standard_promotion
+
+
+def plain_step(tx, grads, state, params):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+@pytest.mark.parametrize("on_sync", ["keep", "reset", "pullback"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_matches_plain_transformation(on_sync, dtype):
+    params, grad_fn, _, _ = quadratic_problem([(4, 3), (5,)], seed=12, dtype=dtype)
+    params = {**params, "embedding": jnp.ones((6, 2), dtype)}
+    tx = lookahead(
+        lazy_mask(standard_promotion(optax.adam(0.05)), freeze_state=True),
+        sync_period=3,
+        slow_step_size=0.6,
+        inner_state_on_sync=on_sync,
+    )
+
+    def grads_for(params, step):
+        grads = grad_fn({k: v for k, v in params.items() if k != "embedding"})
+        rows = jnp.zeros((6, 2), dtype).at[step % 6].set(1)
+        return {**grads, "embedding": rows}
+
+    fused = jax.jit(update_and_apply, static_argnums=0)
+    plain = jax.jit(plain_step, static_argnums=0)
+    fused_params, fused_state = params, tx.init(params)
+    plain_params, plain_state = params, tx.init(params)
+    for step in range(10):
+        fused_params, fused_state = fused(
+            tx, grads_for(fused_params, step), fused_state, fused_params
+        )
+        plain_params, plain_state = plain(
+            tx, grads_for(plain_params, step), plain_state, plain_params
+        )
+        # At a sync the plain path lands on params + (slow - params), which can
+        # differ from slow by one rounding; everything else is the same math.
+        tolerance = 1e-2 if dtype == jnp.bfloat16 else 1e-6
+        assert_trees_close(fused_params, plain_params, rtol=tolerance, atol=tolerance)
+        assert_trees_close(fused_state, plain_state, rtol=tolerance, atol=tolerance)
+        assert {x.dtype for x in jax.tree.leaves(fused_params)} == {jnp.dtype(dtype)}
+    assert int(fused_state.count) == 10
+
+
+def test_fused_sync_puts_params_exactly_on_slow_weights():
+    tx = lookahead(optax.sgd(0.3, momentum=0.5), sync_period=2, slow_step_size=0.3)
+    params = jnp.linspace(-3.0, 7.0, 11)
+    state = tx.init(params)
+    for _ in range(4):
+        params, state = update_and_apply(tx, jnp.cos(params), state, params)
+    np.testing.assert_array_equal(params, slow_params(state))
+
+
+def test_other_transformations_fall_back_to_update_then_apply():
+    tx = optax.chain(optax.clip_by_global_norm(1.0), lookahead(optax.sgd(1.0), 2))
+    params, state = jnp.array([4.0]), tx.init(jnp.array([4.0]))
+    for _ in range(2):
+        params, state = update_and_apply(tx, jnp.array([0.5]), state, params)
+    # fast 4 -> 3.5 -> 3 (sync): slow = 4 + 0.5 * (3 - 4).
+    np.testing.assert_array_equal(params, [3.5])
+    np.testing.assert_array_equal(slow_params(state), [3.5])
+
+
+def test_fused_step_with_donation_compiles_once():
+    tx = lookahead(optax.sgd(0.1, momentum=0.9), sync_period=3)
+    params = {"w": jnp.ones((32, 32))}
+    state = tx.init(params)
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, state):
+        grads = jax.tree.map(jnp.ones_like, params)
+        return update_and_apply(tx, grads, state, params)
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    for _ in range(7):
+        old = params
+        params, state = step(params, state)
+        assert old["w"].is_deleted()
+    assert int(state.count) == 7
+
+
+def test_lookahead_train_state_matches_train_state():
+    params = {"params": {"w": jnp.linspace(-1.0, 1.0, 5)}}
+    tx = lookahead(optax.sgd(0.5, momentum=0.9), sync_period=2)
+    plain = TrainState.create(apply_fn=None, params=params, tx=tx)
+    fused = LookaheadTrainState.create(apply_fn=None, params=params, tx=tx)
+    for _ in range(5):
+        grads = jax.tree.map(jnp.sin, plain.params)
+        plain = plain.apply_gradients(grads=grads)
+        fused = fused.apply_gradients(grads=jax.tree.map(jnp.sin, fused.params))
+    assert int(fused.step) == int(plain.step) == 5
+    assert_trees_close(fused.params, plain.params, rtol=1e-6, atol=1e-7)
+    assert_trees_close(slow_params(fused.opt_state), slow_params(plain.opt_state))

@@ -71,8 +71,11 @@ def lookahead(
       params <- slow
 
     On the other steps the inner updates pass through unchanged and the slow
-    weights are not touched: the sync runs inside a ``lax.cond``, so between
-    syncs the step costs no arithmetic and no copies of the slow weights.
+    weights keep their values. On CPU the sync runs inside a ``lax.cond``, so
+    between syncs the step does no work on the slow weights at all; on other
+    platforms, whose XLA copies buffers passed through a ``cond``, the sync is a
+    select that fuses into the inner optimizer's own kernel (the measured
+    figures are in BENCHMARKS.md).
 
     Unlike ``optax.lookahead``, the slow weights live in the optimizer state, not
     in a ``LookaheadParams`` pair, so this is a drop-in for any loop that calls
@@ -179,7 +182,7 @@ def lookahead(
         return inner_state, inner_state_at_sync
 
     def sync_if_due(state, inner_state, params, output, sync_output):
-        """Runs the sync under ``lax.cond``; between syncs everything passes through.
+        """Runs the sync on sync steps; between syncs everything passes through.
 
         ``output`` is what the step returns between syncs (the inner updates,
         or the fast params); ``sync_output(output, slow)`` gives the new slow
@@ -197,23 +200,27 @@ def lookahead(
         def no_sync(*operands):
             return operands
 
+        def branch(*operands):
+            return jax.lax.cond(is_sync, sync, no_sync, *operands)
+
+        def select(*operands):
+            return jax.tree.map(
+                lambda synced, kept: jnp.where(is_sync, synced, kept),
+                sync(*operands),
+                operands,
+            )
+
         if inner_state_on_sync == "keep":
-            # The inner state stays out of the cond: it never changes at a sync,
+            # The inner state stays out of the sync: it never changes there,
             # and routing it through a branch could only cost copies.
-            output, slow, _, _ = jax.lax.cond(
-                is_sync, sync, no_sync, output, state.slow, None, None
-            )
-            inner_state_at_sync = None
+            operands = (output, state.slow, None, None)
         else:
-            output, slow, inner_state, inner_state_at_sync = jax.lax.cond(
-                is_sync,
-                sync,
-                no_sync,
-                output,
-                state.slow,
-                inner_state,
-                state.inner_state_at_sync,
-            )
+            operands = (output, state.slow, inner_state, state.inner_state_at_sync)
+        output, slow, synced_inner, inner_state_at_sync = _sync_strategy(
+            operands, branch, select
+        )
+        if inner_state_on_sync != "keep":
+            inner_state = synced_inner
         new_state = LookaheadState(
             count=optax.safe_increment(state.count),
             slow=slow,
@@ -269,6 +276,24 @@ def lookahead(
     transformation = LookaheadTransformation(init_fn, update_fn)
     transformation.update_and_apply = update_and_apply_fn
     return transformation
+
+
+# How the sync is staged out, per platform, from benchmarks/bench_step.py.
+# XLA:CPU keeps donated buffers in place through a lax.cond whose other branch
+# passes them through, so the step between syncs does no work on the slow
+# weights (1.15x adam, against 2.4x for a select every step). XLA:GPU inserts
+# a copy of every pass-through buffer at the cond (1.6x on an H200), while a
+# select fuses into the inner optimizer's kernel (optax.lookahead's 1.24x), so
+# other platforms select. None picks per platform; tests may force one.
+FORCE_SYNC_STRATEGY: Literal["branch", "select"] | None = None
+
+
+def _sync_strategy(operands, branch, select):
+    if FORCE_SYNC_STRATEGY == "branch":
+        return branch(*operands)
+    if FORCE_SYNC_STRATEGY == "select":
+        return select(*operands)
+    return jax.lax.platform_dependent(*operands, cpu=branch, default=select)
 
 
 def _widen(x: jax.Array) -> jax.Array:

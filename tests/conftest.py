@@ -20,6 +20,20 @@ settings.register_profile(
 settings.load_profile("deterministic")
 
 
+@pytest.fixture(params=["branch", "select"])
+def sync_strategy(request, monkeypatch):
+    """Runs a test with each way lookahead can stage out its sync.
+
+    The library picks one per platform (a lax.cond on CPU, a select elsewhere);
+    both must give the same results, so tests that use this fixture run both
+    here on the CPU.
+    """
+    from optax_lookahead import _lookahead
+
+    monkeypatch.setattr(_lookahead, "FORCE_SYNC_STRATEGY", request.param)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _strict_numerics():
     with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):

@@ -68,7 +68,7 @@ def test_map_params_builds_sharding_specs_for_the_state():
 
 @pytest.mark.parametrize("freeze_state", [False, True])
 @pytest.mark.parametrize("on_sync", ["keep", "reset", "pullback"])
-def test_jit_with_donation_runs_without_retracing(freeze_state, on_sync):
+def test_jit_with_donation_runs_without_retracing(sync_strategy, freeze_state, on_sync):
     params = {
         "embedding": jnp.ones((16, 4)),
         "dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)},
@@ -104,7 +104,7 @@ def test_jit_with_donation_runs_without_retracing(freeze_state, on_sync):
     assert np.all(np.asarray(params_now["dense"]["kernel"]) != start["dense"]["kernel"])
 
 
-def test_donated_buffers_are_reused():
+def test_donated_buffers_are_reused(sync_strategy):
     params = {"w": jnp.ones((64, 64))}
     tx = lookahead(optax.sgd(0.1, momentum=0.9))
     state = tx.init(params)
@@ -123,7 +123,7 @@ def test_donated_buffers_are_reused():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("freeze_state", [False, True])
 @pytest.mark.parametrize("on_sync", ["keep", "pullback"])
-def test_dtypes_preserved(dtype, freeze_state, on_sync):
+def test_dtypes_preserved(sync_strategy, dtype, freeze_state, on_sync):
     params = {"embedding": jnp.ones((6, 3), dtype), "w": jnp.ones((3,), dtype)}
     tx = lookahead(
         lazy_mask(adam(0.1), freeze_state=freeze_state),

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from optax_lookahead import LookaheadState, lookahead, slow_params
@@ -50,7 +50,7 @@ def assert_matches_oracle(history, expected):
                 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     shapes=shapes_strategy,
     sync_period=st.integers(1, 6),
@@ -61,7 +61,7 @@ def assert_matches_oracle(history, expected):
     seed=st.integers(0, 2**16),
 )
 def test_matches_numpy_loop_of_the_paper(
-    shapes, sync_period, slow_step_size, steps, inner_name, on_sync, seed
+    sync_strategy, shapes, sync_period, slow_step_size, steps, inner_name, on_sync, seed
 ):
     make_inner, make_oracle = INNER[inner_name]
     params, grad_fn, np_grad_fn, np_params = quadratic_problem(shapes, seed)
@@ -107,7 +107,7 @@ def test_matches_optax_lookahead(inner_name, sync_period, slow_step_size):
                 assert_trees_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_hand_derived_trajectory():
+def test_hand_derived_trajectory(sync_strategy):
     """SGD(1) on a constant gradient of 1, k=3, alpha=0.5.
 
     fast: 3 -> 2 -> 1 -> sync: slow = 3 + 0.5 * (0 - 3) = 1.5, fast = 1.5
@@ -140,7 +140,7 @@ def test_sync_every_step_scales_sgd():
         assert_trees_close(fast, slow, rtol=0, atol=0)
 
 
-def test_non_sync_steps_return_inner_updates_unchanged():
+def test_non_sync_steps_return_inner_updates_unchanged(sync_strategy):
     params, grad_fn, _, _ = quadratic_problem([(3, 3)], seed=11)
     inner = optax.sgd(0.1, momentum=0.9)
     tx = lookahead(inner, sync_period=4)
@@ -157,7 +157,7 @@ def test_non_sync_steps_return_inner_updates_unchanged():
         params = optax.apply_updates(params, updates)
 
 
-def test_sync_lands_params_on_slow_weights():
+def test_sync_lands_params_on_slow_weights(sync_strategy):
     params, grad_fn, _, _ = quadratic_problem([(6,), (2, 2)], seed=2)
     history, _ = train(
         lookahead(standard_promotion(optax.adam(0.3)), 2, 0.7), params, grad_fn, 6
@@ -201,7 +201,7 @@ def test_reset_keeps_schedules_running_unlike_optax():
     assert optax_counts == [0], "optax restarts the schedule at every sync"
 
 
-def test_reset_with_adam_keeps_bias_correction_count():
+def test_reset_with_adam_keeps_bias_correction_count(sync_strategy):
     params, grad_fn, np_grad_fn, np_params = quadratic_problem([(3,)], seed=4)
     tx = lookahead(standard_promotion(optax.adam(0.05)), 3, 0.5, "reset")
     history, state = train(tx, params, grad_fn, 7)
@@ -233,7 +233,7 @@ def test_init_copies_params_into_distinct_buffers():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-def test_nan_gradients_stay_visible(dtype):
+def test_nan_gradients_stay_visible(sync_strategy, dtype):
     tx = lookahead(optax.sgd(0.1), sync_period=2)
     params = jnp.ones(3, dtype)
     state = tx.init(params)

@@ -20,7 +20,7 @@ def plain_step(tx, grads, state, params):
 
 @pytest.mark.parametrize("on_sync", ["keep", "reset", "pullback"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_fused_matches_plain_transformation(on_sync, dtype):
+def test_fused_matches_plain_transformation(sync_strategy, on_sync, dtype):
     params, grad_fn, _, _ = quadratic_problem([(4, 3), (5,)], seed=12, dtype=dtype)
     params = {**params, "embedding": jnp.ones((6, 2), dtype)}
     tx = lookahead(
@@ -55,7 +55,7 @@ def test_fused_matches_plain_transformation(on_sync, dtype):
     assert int(fused_state.count) == 10
 
 
-def test_fused_sync_puts_params_exactly_on_slow_weights():
+def test_fused_sync_puts_params_exactly_on_slow_weights(sync_strategy):
     tx = lookahead(optax.sgd(0.3, momentum=0.5), sync_period=2, slow_step_size=0.3)
     params = jnp.linspace(-3.0, 7.0, 11)
     state = tx.init(params)
@@ -74,7 +74,7 @@ def test_other_transformations_fall_back_to_update_then_apply():
     np.testing.assert_array_equal(slow_params(state), [3.5])
 
 
-def test_fused_step_with_donation_compiles_once():
+def test_fused_step_with_donation_compiles_once(sync_strategy):
     tx = lookahead(optax.sgd(0.1, momentum=0.9), sync_period=3)
     params = {"w": jnp.ones((32, 32))}
     state = tx.init(params)

@@ -138,7 +138,7 @@ def optimizer_variants(names):
 def make_step(kind, tx):
     """A step (params, state, batch) -> (params, state), given the grads."""
     if kind == "fused":
-        return lambda params, state, grads: update_and_apply(tx, grads, state, params)
+        return lambda params, state, grads: update_and_apply(tx, params, state, grads)
     if kind == "optax_lookahead_pair":
 
         def pair_step(pair, state, grads):

@@ -6,6 +6,12 @@ the optimized HLO text and sums, for every instruction that runs on the chosen
 path, the bytes of its operands and its result, as XLA's own cost model does
 for fusions; the benchmark checks it against ``cost_analysis()`` on programs
 without conditionals.
+
+Two deliberate differences, for the sparse optimizer's row updates: a scatter
+into a buffer it updates in place (``table.at[ids].set(rows)`` on a donated
+table) is counted as what it moves, the indices and rows read and the rows
+written; and a gather reads the rows it returns, not its whole operand.
+``cost_analysis()`` counts the whole table in both cases.
 """
 
 import re
@@ -59,7 +65,9 @@ def _shape_bytes(shape: str) -> int:
 
 
 def _computations(hlo_text: str):
-    """Maps computation name -> list of (name, shape, op, operand names, attrs)."""
+    """Maps computation name -> list of (name, shape, op, operand names, attrs);
+    the entry computation is also under ``"__entry__"``, and each
+    computation's root op under ``("__root__", name)``."""
     computations, current = {}, None
     for line in hlo_text.splitlines():
         header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)
@@ -72,6 +80,8 @@ def _computations(hlo_text: str):
         match = _INSTRUCTION.match(line)
         if match and current is not None:
             operands = re.findall(r"%([\w.\-]+)", match.group("args"))
+            if line.lstrip().startswith("ROOT "):
+                computations[("__root__", current)] = match.group("op")
             computations[current].append(
                 (
                     match.group("name"),
@@ -111,10 +121,43 @@ def path_instructions(hlo_text: str, branch: int):
                 if body:
                     yield from walk(body.group(1))
                 continue
-            reads = sum(_shape_bytes(shapes.get(o, "")) for o in set(operands))
-            yield shape, op, reads + _shape_bytes(shape)
+            called = re.search(r"calls=%([\w.\-]+)", attrs)
+            root = computations.get(("__root__", called.group(1))) if called else op
+            if root == "scatter" and operands:
+                # In place: read indices and rows, write the rows.
+                rows = sum(_shape_bytes(shapes.get(o, "")) for o in set(operands[1:]))
+                yield shape, op, 2 * rows
+                continue
+            gathered = (
+                _gathered_operands(computations, called.group(1)) if called else set()
+            )
+            if op == "gather":
+                gathered = {0}
+            out = _shape_bytes(shape)
+            reads = sum(
+                min(_shape_bytes(shapes.get(o, "")), out)
+                if index in gathered
+                else _shape_bytes(shapes.get(o, ""))
+                for index, o in enumerate(dict.fromkeys(operands))
+            )
+            yield shape, op, reads + out
 
     yield from walk("__entry__")
+
+
+def _gathered_operands(computations, fused: str) -> set:
+    """Indices of a fusion's operands that it only reads through a gather."""
+    instructions = computations.get(fused, [])
+    params = {}  # fused parameter name -> operand number (param_N.M is operand N)
+    for name, _, op, _, _ in instructions:
+        number = re.match(r"param_(\d+)", name) if op == "parameter" else None
+        if number:
+            params[name] = int(number.group(1))
+    gathered = set()
+    for _, _, op, operands, _ in instructions:
+        if op == "gather" and operands and operands[0] in params:
+            gathered.add(params[operands[0]])
+    return gathered
 
 
 def path_bytes(hlo_text: str, branch: int) -> int:

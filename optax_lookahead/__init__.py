@@ -13,6 +13,14 @@ from optax_lookahead._lookahead import (
     lookahead,
 )
 from optax_lookahead._slow_params import slow_params
+from optax_lookahead._sparse import (
+    SparseLazyState,
+    SparseRows,
+    apply_sparse_updates,
+    gather_rows,
+    sparse_lazy,
+    sparse_rows,
+)
 from optax_lookahead._update_and_apply import update_and_apply
 
 __version__ = "0.1.0"
@@ -21,8 +29,14 @@ __all__ = (
     "LazyMaskState",
     "LookaheadState",
     "LookaheadTransformation",
+    "SparseLazyState",
+    "SparseRows",
+    "apply_sparse_updates",
+    "gather_rows",
     "lazy_mask",
     "lookahead",
     "slow_params",
+    "sparse_lazy",
+    "sparse_rows",
     "update_and_apply",
 )

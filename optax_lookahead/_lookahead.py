@@ -10,6 +10,7 @@ from optax._src import base
 
 from optax_lookahead import _checks
 from optax_lookahead._mirrors import map_param_mirrors
+from optax_lookahead._sparse import SparseRows, apply_sparse_updates
 
 InnerStateOnSync = Literal["keep", "reset", "pullback"]
 INNER_STATE_ON_SYNC = ("keep", "reset", "pullback")
@@ -235,6 +236,18 @@ def lookahead(
         inner_updates, inner_state = inner.update(
             updates, state.inner_state, params, **extra_args
         )
+        if any(
+            isinstance(u, SparseRows)
+            for u in jax.tree.leaves(
+                inner_updates, is_leaf=lambda x: isinstance(x, SparseRows)
+            )
+        ):
+            raise ValueError(
+                "lookahead: the inner optimizer returned sparse (SparseRows)"
+                " updates, which a sync cannot return; use"
+                " optax_lookahead.update_and_apply(tx, params, opt_state, grads),"
+                " which applies them in place and syncs afterwards."
+            )
 
         def land_on_slow(inner_updates, slow):
             new_slow = jax.tree.map(
@@ -256,7 +269,7 @@ def lookahead(
         inner_updates, inner_state = inner.update(
             updates, state.inner_state, params, **extra_args
         )
-        fast = optax.apply_updates(params, inner_updates)
+        fast = apply_sparse_updates(params, inner_updates)
 
         def jump_to_slow(fast, slow):
             new_slow = jax.tree.map(_interpolate, slow, fast)

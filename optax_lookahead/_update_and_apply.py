@@ -4,13 +4,14 @@ import optax
 from optax._src import base
 
 from optax_lookahead._lookahead import LookaheadTransformation
+from optax_lookahead._sparse import apply_sparse_updates
 
 
 def update_and_apply(
     tx: optax.GradientTransformation,
-    grads: base.Updates,
-    opt_state: base.OptState,
     params: base.Params,
+    opt_state: base.OptState,
+    grads: base.Updates,
     **extra_args,
 ) -> tuple[base.Params, base.OptState]:
     """``tx.update`` then ``optax.apply_updates``, with the lookahead sync after.
@@ -30,17 +31,24 @@ def update_and_apply(
     ``opt_state`` donated, the non-sync step moves no more memory than the
     inner optimizer's.
 
-    For any other ``tx`` (including a chain that holds a lookahead inside) this
-    runs the two lines above; to get the fused step, put the lookahead
-    outermost, e.g. ``lookahead(optax.chain(optax.clip_by_global_norm(1.0),
-    optax.adam(1e-3)))`` rather than the chain around it: the results are the
+    Updates given as :class:`SparseRows` (from :func:`sparse_lazy`) are added
+    in place, row by row. For any other ``tx`` (including a chain that holds a
+    lookahead inside) this runs the two lines above; to get the fused step, put
+    the lookahead outermost, e.g.
+    ``lookahead(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)))``
+    rather than the chain around it: the results are the
     same, since the sync does not look at the gradients.
+
+    The arguments come in the order of the results, ``(params, opt_state)``,
+    so that jitting this function with ``donate_argnums`` lets each donated
+    buffer be reused by the result of the same shape (JAX pairs donated inputs
+    with outputs in order).
 
     Args:
       tx: the optimizer, ideally a :func:`lookahead`.
-      grads: the gradients, with the params' structure.
-      opt_state: ``tx``'s state.
       params: the current params.
+      opt_state: ``tx``'s state.
+      grads: the gradients, with the params' structure.
       **extra_args: forwarded to ``tx``'s update.
 
     Returns:
@@ -54,13 +62,13 @@ def update_and_apply(
       >>> tx = lookahead(optax.sgd(1.0), sync_period=2)
       >>> params = jnp.array([4.0])
       >>> state = tx.init(params)
-      >>> step = jax.jit(update_and_apply, static_argnums=0, donate_argnums=(2, 3))
+      >>> step = jax.jit(update_and_apply, static_argnums=0, donate_argnums=(1, 2))
       >>> for _ in range(2):
-      ...     params, state = step(tx, jnp.array([1.0]), state, params)
+      ...     params, state = step(tx, params, state, jnp.array([1.0]))
       >>> params, slow_params(state)
       (Array([3.], dtype=float32), Array([3.], dtype=float32))
     """
     if isinstance(tx, LookaheadTransformation):
         return tx.update_and_apply(grads, opt_state, params, **extra_args)
     updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
-    return optax.apply_updates(params, updates), opt_state
+    return apply_sparse_updates(params, updates), opt_state

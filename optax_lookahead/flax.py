@@ -7,11 +7,81 @@ put the slow weights into a model for evaluation; these two helpers do, without
 copying any array. This module imports Flax; the rest of the package does not.
 """
 
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
 from flax import nnx
 from flax.training import train_state as linen_train_state
 
 from optax_lookahead._slow_params import slow_params
+from optax_lookahead._sparse import gather_rows, sparse_rows
 from optax_lookahead._update_and_apply import update_and_apply
+
+
+class SparseEmbed(nn.Embed):
+    """``nn.Embed`` whose gradient can be taken as the looked-up rows only.
+
+    The same parameter (``embedding``) and the same output as ``nn.Embed``, but
+    the table is read through ``stop_gradient`` and the looked-up rows pass
+    through ``self.perturb("rows", ...)``: differentiate with respect to the
+    ``perturbations`` collection to get one gradient row per looked-up id, and
+    turn those into :class:`~optax_lookahead.SparseRows` with
+    :func:`sparse_embed_grads`, for :func:`~optax_lookahead.sparse_lazy`. No
+    table-size gradient is built. Ids outside the table (padding) give zero
+    rows.
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError(f"SparseEmbed: ids must be integers, got {inputs.dtype}.")
+        rows = gather_rows(jax.lax.stop_gradient(self.embedding), inputs)
+        return self.perturb("rows", rows.astype(self.dtype or rows.dtype))
+
+
+def sparse_embed_grads(grads, perturbation_grads, ids):
+    """Puts the sparse gradient of every :class:`SparseEmbed` into ``grads``.
+
+    Args:
+      grads: the gradient with respect to the params (each ``SparseEmbed``'s
+        ``embedding`` entry is replaced; its dense zeros are never used, so XLA
+        drops them under ``jit``).
+      perturbation_grads: the gradient with respect to the ``perturbations``
+        collection, with one ``rows`` entry per ``SparseEmbed``.
+      ids: the ids each ``SparseEmbed`` looked up: one array for all of them,
+        or a dict from the module's path (a tuple of names, as in the params)
+        to its ids.
+
+    Returns:
+      ``grads`` with a :class:`~optax_lookahead.SparseRows` for each table.
+    """
+    flat = {
+        path[:-1]: leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(perturbation_grads)[0]
+        if path and getattr(path[-1], "key", None) == "rows"
+    }
+    flat_grads = dict(
+        (tuple(getattr(k, "key", k) for k in path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]
+    )
+    replaced = {}
+    for path, row_grads in flat.items():
+        module = tuple(getattr(k, "key", k) for k in path)
+        table = flat_grads.get(module + ("embedding",))
+        if table is None:
+            raise ValueError(
+                f"sparse_embed_grads: no 'embedding' gradient at {module} for the"
+                " perturbation found there; pass the params' gradient as grads."
+            )
+        module_ids = ids[module] if isinstance(ids, dict) else ids
+        replaced[module + ("embedding",)] = sparse_rows(
+            module_ids, row_grads, num_rows=table.shape[0]
+        )
+
+    def swap(path, leaf):
+        key = tuple(getattr(k, "key", k) for k in path)
+        return replaced.get(key, leaf)
+
+    return jax.tree_util.tree_map_with_path(swap, grads)
 
 
 class LookaheadTrainState(linen_train_state.TrainState):
@@ -44,12 +114,12 @@ class LookaheadTrainState(linen_train_state.TrainState):
         overwrite = linen_train_state.OVERWRITE_WITH_GRADIENT
         if overwrite in grads:
             params, opt_state = update_and_apply(
-                self.tx, grads["params"], self.opt_state, self.params["params"]
+                self.tx, self.params["params"], self.opt_state, grads["params"]
             )
             params = {"params": params, overwrite: grads[overwrite]}
         else:
             params, opt_state = update_and_apply(
-                self.tx, grads, self.opt_state, self.params
+                self.tx, self.params, self.opt_state, grads
             )
         return self.replace(
             step=self.step + 1, params=params, opt_state=opt_state, **kwargs

@@ -41,7 +41,7 @@ def test_fused_matches_plain_transformation(sync_strategy, on_sync, dtype):
     plain_params, plain_state = params, tx.init(params)
     for step in range(10):
         fused_params, fused_state = fused(
-            tx, grads_for(fused_params, step), fused_state, fused_params
+            tx, fused_params, fused_state, grads_for(fused_params, step)
         )
         plain_params, plain_state = plain(
             tx, grads_for(plain_params, step), plain_state, plain_params
@@ -60,7 +60,7 @@ def test_fused_sync_puts_params_exactly_on_slow_weights(sync_strategy):
     params = jnp.linspace(-3.0, 7.0, 11)
     state = tx.init(params)
     for _ in range(4):
-        params, state = update_and_apply(tx, jnp.cos(params), state, params)
+        params, state = update_and_apply(tx, params, state, jnp.cos(params))
     np.testing.assert_array_equal(params, slow_params(state))
 
 
@@ -68,7 +68,7 @@ def test_other_transformations_fall_back_to_update_then_apply():
     tx = optax.chain(optax.clip_by_global_norm(1.0), lookahead(optax.sgd(1.0), 2))
     params, state = jnp.array([4.0]), tx.init(jnp.array([4.0]))
     for _ in range(2):
-        params, state = update_and_apply(tx, jnp.array([0.5]), state, params)
+        params, state = update_and_apply(tx, params, state, jnp.array([0.5]))
     # fast 4 -> 3.5 -> 3 (sync): slow = 4 + 0.5 * (3 - 4).
     np.testing.assert_array_equal(params, [3.5])
     np.testing.assert_array_equal(slow_params(state), [3.5])
@@ -84,7 +84,7 @@ def test_fused_step_with_donation_compiles_once(sync_strategy):
     @chex.assert_max_traces(n=1)
     def step(params, state):
         grads = jax.tree.map(jnp.ones_like, params)
-        return update_and_apply(tx, grads, state, params)
+        return update_and_apply(tx, params, state, grads)
 
     step = jax.jit(step, donate_argnums=(0, 1))
     for _ in range(7):

@@ -13,12 +13,11 @@ from optax_lookahead._lookahead import (
     lookahead,
 )
 from optax_lookahead._slow_params import slow_params
-from optax_lookahead._sparse import (
-    SparseLazyState,
+from optax_lookahead._sparse_lazy import SparseLazyState, sparse_lazy
+from optax_lookahead._sparse_rows import (
     SparseRows,
     apply_sparse_updates,
     gather_rows,
-    sparse_lazy,
     sparse_rows,
 )
 from optax_lookahead._update_and_apply import update_and_apply

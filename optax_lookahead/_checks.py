@@ -49,6 +49,13 @@ def check_slow_step_size(slow_step_size) -> None:
         )
 
 
+def is_transformation(candidate) -> bool:
+    """Whether ``candidate`` looks like an optax transformation."""
+    return callable(getattr(candidate, "init", None)) and callable(
+        getattr(candidate, "update", None)
+    )
+
+
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 from optax._src import base
 
-from optax_lookahead import _lookahead
+from optax_lookahead import _order
 from optax_lookahead._mirrors import map_param_mirrors
 from optax_lookahead._rows import (
     broadcast_rows,
@@ -19,7 +19,7 @@ from optax_lookahead._rows import (
 
 EMBEDDING_NAME = "embedding"
 
-WORKING_FORM = "lookahead(lazy_mask(optax.adam(1e-3)))"
+WORKING_FORM = _order.working_form("lazy_mask")
 
 # Keys that wrap a value rather than name it: Flax NNX's init sees
 # `Param` variables, whose array sits under `.value`.
@@ -125,19 +125,13 @@ def lazy_mask(
             " gradients, and the optimizer's momentum would still move the"
             f" unsampled rows. Write {WORKING_FORM}."
         )
-    if not _lookahead._is_transformation(inner):
-        raise TypeError(
-            "lazy_mask(inner, ...): inner must be an optax GradientTransformation"
-            f" such as optax.adam(1e-3), got {inner!r}. Write {WORKING_FORM}."
-        )
-    if isinstance(inner, _lookahead.LookaheadTransformation):
-        raise ValueError(_WRONG_ORDER)
+    _order.check_transformation("lazy_mask", inner)
     inner = base.with_extra_args_support(inner)
 
     def init_fn(params):
         inner_state = inner.init(params)
         if jax.tree.leaves(params):  # optax.tree.map_params passes an empty tree.
-            _check_no_lookahead_inside(inner_state)
+            _order.check_no_lookahead_inside("lazy_mask", inner_state)
             _selection(mask, params)  # validates the mask against the params
         return LazyMaskState(inner_state=inner_state)
 
@@ -164,28 +158,6 @@ def lazy_mask(
         return masked_updates, LazyMaskState(inner_state=inner_state)
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-_WRONG_ORDER = (
-    "lazy_mask is wrapped around a lookahead; put it inside instead:"
-    f" {WORKING_FORM}. Masking a lookahead sync step would leave the fast and"
-    " slow weights apart."
-)
-
-
-def _check_no_lookahead_inside(inner_state) -> None:
-    found = [
-        leaf
-        for leaf in jax.tree.leaves(
-            inner_state, is_leaf=lambda x: isinstance(x, _LOOKAHEAD_STATES)
-        )
-        if isinstance(leaf, _LOOKAHEAD_STATES)
-    ]
-    if found:
-        raise ValueError(_WRONG_ORDER)
-
-
-_LOOKAHEAD_STATES = (_lookahead.LookaheadState, optax.LookaheadState)
 
 
 def _keep_unsampled_rows(new, old, rows):

@@ -6,11 +6,12 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 from optax._src import base
 
 from optax_lookahead import _checks
 from optax_lookahead._mirrors import map_param_mirrors
-from optax_lookahead._sparse import SparseRows, apply_sparse_updates
+from optax_lookahead._sparse_rows import apply_sparse_updates, is_sparse
 
 InnerStateOnSync = Literal["keep", "reset", "pullback"]
 INNER_STATE_ON_SYNC = ("keep", "reset", "pullback")
@@ -138,7 +139,7 @@ def lookahead(
       Zhang, Lucas, Hinton, Ba, `Lookahead Optimizer: k steps forward, 1 step
       back <https://arxiv.org/abs/1907.08610>`_, 2019.
     """
-    if not _is_transformation(inner):
+    if not _checks.is_transformation(inner):
         raise TypeError(
             "lookahead(inner, ...): inner must be an optax GradientTransformation"
             f" such as optax.adam(1e-3), got {inner!r}."
@@ -152,7 +153,7 @@ def lookahead(
 
     def init_fn(params):
         inner_state = inner.init(params)
-        return LookaheadState(
+        state = LookaheadState(
             count=jnp.zeros([], jnp.int32),
             # Distinct buffers, so that params and state can be donated together.
             slow=jax.tree.map(jnp.copy, params),
@@ -163,6 +164,7 @@ def lookahead(
                 else None
             ),
         )
+        return _replicate_scalars_on_params_mesh(state, params)
 
     def synced_inner_state(inner_state, inner_state_at_sync, params):
         """The inner state after a sync, as ``inner_state_on_sync`` asks."""
@@ -236,12 +238,7 @@ def lookahead(
         inner_updates, inner_state = inner.update(
             updates, state.inner_state, params, **extra_args
         )
-        if any(
-            isinstance(u, SparseRows)
-            for u in jax.tree.leaves(
-                inner_updates, is_leaf=lambda x: isinstance(x, SparseRows)
-            )
-        ):
+        if any(map(is_sparse, jax.tree.leaves(inner_updates, is_leaf=is_sparse))):
             raise ValueError(
                 "lookahead: the inner optimizer returned sparse (SparseRows)"
                 " updates, which a sync cannot return; use"
@@ -291,13 +288,14 @@ def lookahead(
     return transformation
 
 
-# How the sync is staged out, per platform, from benchmarks/bench_step.py.
-# XLA:CPU keeps donated buffers in place through a lax.cond whose other branch
-# passes them through, so the step between syncs does no work on the slow
-# weights (1.15x adam, against 2.4x for a select every step). XLA:GPU inserts
-# a copy of every pass-through buffer at the cond (1.6x on an H200), while a
-# select fuses into the inner optimizer's kernel (optax.lookahead's 1.24x), so
-# other platforms select. None picks per platform; tests may force one.
+# How the sync is staged out, per platform, as measured by
+# benchmarks/bench_step.py (BENCHMARKS.md). XLA:CPU keeps donated buffers in
+# place through a lax.cond whose other branch passes them through, so between
+# syncs the step does no work on the slow weights (about 1.2x adam, where a
+# select every step costs 2.3x). XLA:GPU copies every buffer a cond branch
+# passes through (1.6x on an H200), while a select fuses into the inner
+# optimizer's kernel (1.2x), so other platforms select. None picks per
+# platform; tests and benchmarks may force one.
 FORCE_SYNC_STRATEGY: Literal["branch", "select"] | None = None
 
 
@@ -309,15 +307,40 @@ def _sync_strategy(operands, branch, select):
     return jax.lax.platform_dependent(*operands, cpu=branch, default=select)
 
 
+def _replicate_scalars_on_params_mesh(state, params):
+    """Puts eagerly created step counters on the params' mesh, replicated.
+
+    ``jnp.zeros([])`` lands on one device, while a jitted step returns the
+    counter replicated over the mesh, so the second step would see a new input
+    sharding and trace and compile again. When the params all live on one
+    mesh, the counters (of the inner optimizer too) start out replicated on it.
+    """
+    shardings = [
+        leaf.sharding
+        for leaf in jax.tree.leaves(params)
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+    ]
+    meshes = {getattr(s, "mesh", None) for s in shardings}
+    if not shardings or len(meshes) != 1 or None in meshes:
+        return state
+    replicated = NamedSharding(meshes.pop(), PartitionSpec())
+
+    def place(leaf):
+        if (
+            isinstance(leaf, jax.Array)
+            and not isinstance(leaf, jax.core.Tracer)
+            and leaf.ndim == 0
+            and isinstance(leaf.sharding, SingleDeviceSharding)
+        ):
+            return jax.device_put(leaf, replicated)
+        return leaf
+
+    return jax.tree.map(place, state)
+
+
 def _widen(x: jax.Array) -> jax.Array:
     """Casts low-precision floats to float32 so interpolation does not lose bits."""
     # Not jnp.promote_types: under strict promotion it refuses bfloat16 + float32.
     if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
         return x.astype(jnp.float32)
     return x
-
-
-def _is_transformation(candidate) -> bool:
-    return callable(getattr(candidate, "init", None)) and callable(
-        getattr(candidate, "update", None)
-    )

@@ -4,7 +4,7 @@ import optax
 from optax._src import base
 
 from optax_lookahead._lookahead import LookaheadTransformation
-from optax_lookahead._sparse import apply_sparse_updates
+from optax_lookahead._sparse_rows import apply_sparse_updates
 
 
 def update_and_apply(

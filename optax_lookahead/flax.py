@@ -14,7 +14,7 @@ from flax import nnx
 from flax.training import train_state as linen_train_state
 
 from optax_lookahead._slow_params import slow_params
-from optax_lookahead._sparse import gather_rows, sparse_rows
+from optax_lookahead._sparse_rows import gather_rows, sparse_rows
 from optax_lookahead._update_and_apply import update_and_apply
 
 

@@ -316,7 +316,8 @@ def test_shard_map_runs_the_transforms_per_shard():
     assert_trees_close(slow_params(sharded_state), slow_params(state), rtol=1e-6)
 
 
-def test_sharded_step_with_donation_reuses_buffers_and_compiles_once():
+@pytest.mark.parametrize("init", ["eager", "jit"])
+def test_sharded_step_with_donation_reuses_buffers_and_compiles_once(init):
     mesh = mesh_2d(AxisType.Auto)
     params = sharded_params(mesh, MESH_SPECS["rows"])
     tx = make_tx()
@@ -327,7 +328,11 @@ def test_sharded_step_with_donation_reuses_buffers_and_compiles_once():
         params,
         transform_non_params=lambda _: NamedSharding(mesh, P()),
     )
-    state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+    if init == "jit":
+        state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+    else:
+        state = tx.init(params)
+        assert state.count.sharding.is_equivalent_to(NamedSharding(mesh, P()), 0)
     chex.clear_trace_counter()
 
     @partial(jax.jit, donate_argnums=(0, 1))

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from optax_lookahead import lazy_mask, lookahead, slow_params
+from optax_lookahead import lazy_mask, lookahead, slow_params, sparse_lazy
 
 WORKING_FORM = "lookahead(lazy_mask(optax.adam(1e-3)))"
 
@@ -35,7 +35,7 @@ def test_bad_inner_state_on_sync():
         lookahead(optax.sgd(0.1), inner_state_on_sync="restart")
 
 
-@pytest.mark.parametrize("build", [lookahead, lazy_mask])
+@pytest.mark.parametrize("build", [lookahead, lazy_mask, sparse_lazy])
 def test_inner_must_be_a_transformation(build):
     with pytest.raises(
         TypeError, match="inner must be an optax GradientTransformation"
@@ -60,6 +60,9 @@ def test_lazy_mask_around_lookahead_is_refused_at_construction():
     with pytest.raises(ValueError, match="put it inside") as error:
         lazy_mask(lookahead(optax.adam(1e-3)))
     assert WORKING_FORM in str(error.value)
+    with pytest.raises(ValueError, match="put it inside") as error:
+        sparse_lazy(lookahead(optax.adam(1e-3)))
+    assert "lookahead(sparse_lazy(optax.adam(1e-3)))" in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -72,8 +75,9 @@ def test_lazy_mask_around_lookahead_is_refused_at_construction():
     ],
     ids=["chain", "multisteps"],
 )
-def test_lazy_mask_around_a_hidden_lookahead_is_refused_at_init(hidden):
-    tx = lazy_mask(hidden())
+@pytest.mark.parametrize("wrapper", [lazy_mask, sparse_lazy])
+def test_a_hidden_lookahead_is_refused_at_init(hidden, wrapper):
+    tx = wrapper(hidden())
     with pytest.raises(ValueError, match="put it inside"):
         tx.init({"embedding": jnp.ones((3, 2))})
 

@@ -1,0 +1,280 @@
+"""Sparse lazy Adam against dense Adam: cost that follows the sampled rows.
+
+Tables of 200,000 and 2,000,000 rows x 128 (float32), with 0.1%, 1% and 10% of
+rows sampled per step. Two kinds of figures, each a ratio to dense
+``optax.adam`` measured interleaved in the same repetition (median over
+repetitions):
+
+- optimizer step: the update and its application, jitted with params and state
+  donated, given the gradient (dense variants get the table-size gradient,
+  sparse ones the :class:`SparseRows`);
+- whole training step: lookup, backward and update for a bag-of-embeddings
+  model (``sum(table[ids]) @ w``). The dense path differentiates with respect
+  to the table (a table-size gradient built by scatter-add); the sparse path
+  differentiates with respect to the looked-up rows.
+
+Variants: ``optax.adam`` (dense), ``lazy_mask(adam, freeze_state=True)``
+(dense, same results as the sparse one), ``sparse_lazy(adam)``, and
+``lookahead(sparse_lazy(adam))`` through ``update_and_apply`` (its sync, every
+5 steps, is dense: "sync" and "mean" columns). "bytes" is along the non-sync
+path of the compiled step, counting in-place scatters and gathers by the rows
+they move (benchmarks/hlo_bytes.py).
+
+Run (the 2M-row tables one fraction per process, so that each starts with a
+fresh heap on a 24 GiB machine; results merge into the --out file):
+    python benchmarks/bench_sparse.py --rows 200000 --out benchmarks/results/sparse-cpu.json
+    for f in 0.001 0.01 0.1; do python benchmarks/bench_sparse.py --rows 2000000 \
+        --fractions $f --repetitions 3 --out benchmarks/results/sparse-cpu.json; done
+"""
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+GLIBC_TUNABLES = (
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+    "glibc.malloc.trim_threshold=17179869184"
+)
+if "--no-reexec" not in sys.argv and os.environ.get("GLIBC_TUNABLES") is None:
+    os.environ["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+    print(f"re-executing with GLIBC_TUNABLES={GLIBC_TUNABLES}", flush=True)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from optax_lookahead import (  # noqa: E402
+    gather_rows,
+    lazy_mask,
+    lookahead,
+    sparse_lazy,
+    sparse_rows,
+    update_and_apply,
+)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hlo_bytes  # noqa: E402
+
+DIM, SYNC_PERIOD = 128, 5
+
+
+# Above this many rows the dense lazy_mask variant is left out: with the
+# other variants alive it needs more than this 24 GiB machine has (its step
+# keeps two table-size temporaries).
+DENSE_LAZY_MAX_ROWS = 500_000
+
+
+def variants(rows):
+    adam = lambda: optax.adam(1e-3)
+    dense_lazy = {
+        "lazy_mask(adam, freeze_state) (dense)": (
+            "dense",
+            lambda: lazy_mask(adam(), freeze_state=True),
+        )
+    }
+    return {
+        "adam (dense)": ("dense", adam),
+        **(dense_lazy if rows <= DENSE_LAZY_MAX_ROWS else {}),
+        "sparse_lazy(adam)": ("sparse", lambda: sparse_lazy(adam())),
+        "lookahead(sparse_lazy(adam))": (
+            "sparse",
+            lambda: lookahead(sparse_lazy(adam()), SYNC_PERIOD),
+        ),
+    }
+
+
+def optimizer_step(tx):
+    def step(params, state, grads):
+        return update_and_apply(tx, params, state, grads)
+
+    return step
+
+
+def training_step(tx, sparse, rows):
+    """Lookup, backward and update of a bag-of-embeddings regression."""
+
+    def loss_of_embedded(embedded, kernel, target):
+        return jnp.mean(jnp.square(embedded.sum(axis=1) @ kernel - target))
+
+    def step(params, state, batch):
+        ids, target = batch
+        if sparse:
+            looked_up = gather_rows(params["embedding"], ids)
+            row_grads, kernel_grads = jax.grad(loss_of_embedded, argnums=(0, 1))(
+                looked_up, params["kernel"], target
+            )
+            grads = {
+                "embedding": sparse_rows(ids, row_grads, num_rows=rows),
+                "kernel": kernel_grads,
+            }
+        else:
+            grads = jax.grad(
+                lambda p: loss_of_embedded(p["embedding"][ids], p["kernel"], target)
+            )(params)
+        return update_and_apply(tx, params, state, grads)
+
+    return step
+
+
+class Runner:
+    def __init__(self, step, tx, params, batch):
+        self.step = jax.jit(step, donate_argnums=(0, 1))
+        self.params = jax.tree.map(jnp.copy, params)
+        self.state = tx.init(self.params)
+        self.batch = batch
+        lowered = jax.jit(step, donate_argnums=(0, 1)).lower(
+            self.params, self.state, batch
+        )
+        text = lowered.compile().as_text()
+        self.bytes = hlo_bytes.path_bytes(text, 0)
+        self.params, self.state = self.step(self.params, self.state, batch)
+        jax.block_until_ready(self.params)
+
+    def seconds_per_step(self, steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.params, self.state = self.step(self.params, self.state, self.batch)
+        jax.block_until_ready((self.params, self.state))
+        return (time.perf_counter() - start) / steps
+
+    def release(self):
+        del self.params, self.state
+
+
+def measure(rows, fraction, repetitions, whole_step):
+    rng = np.random.default_rng(0)
+    count = max(1, int(rows * fraction))
+    ids = jnp.asarray(rng.choice(rows, size=count, replace=False), jnp.int32)
+    params = {
+        "embedding": jax.random.normal(jax.random.key(0), (rows, DIM)) * 0.05,
+        "kernel": jax.random.normal(jax.random.key(1), (DIM, 1)) * 0.05,
+    }
+    row_values = jax.random.normal(jax.random.key(2), (count, DIM))
+    kernel_grad = jnp.ones((DIM, 1))
+    dense_grads = None
+    runners = {}
+    for name, (kind, make_tx) in variants(rows).items():
+        tx = make_tx()
+        if whole_step:
+            # Bags of 8 ids each, so the lookups cover the sampled rows.
+            bags = ids[: (count // 8) * 8].reshape(-1, 8) if count >= 8 else ids[None]
+            batch = (bags, jnp.ones((bags.shape[0], 1)))
+            step = training_step(tx, kind == "sparse", rows)
+        else:
+            if kind == "sparse":
+                grads = {
+                    "embedding": sparse_rows(ids, row_values, num_rows=rows),
+                    "kernel": kernel_grad,
+                }
+            else:
+                if dense_grads is None:  # one table-size gradient, shared
+                    dense = jnp.zeros((rows, DIM)).at[ids].set(row_values)
+                    dense_grads = {"embedding": dense, "kernel": kernel_grad}
+                grads = dense_grads
+            batch, step = grads, optimizer_step(tx)
+        runners[name] = Runner(step, tx, params, batch)
+    del params, dense_grads  # each runner holds its own copy
+    seconds = {name: [] for name in runners}
+    for _ in range(repetitions):
+        for name, runner in runners.items():
+            seconds[name].append(runner.seconds_per_step(SYNC_PERIOD * 2))
+    base = "adam (dense)"
+    result = {}
+    for name, runner in runners.items():
+        ratios = [s / b for s, b in zip(seconds[name], seconds[base])]
+        result[name] = {
+            "time_ratio": statistics.median(ratios),
+            "time_ratio_spread": [min(ratios), max(ratios)],
+            "seconds": statistics.median(seconds[name]),
+            "bytes_ratio": runner.bytes / runners[base].bytes,
+        }
+        runner.release()
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[200_000])
+    parser.add_argument(
+        "--fractions", type=float, nargs="+", default=[0.001, 0.01, 0.1]
+    )
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--out")
+    parser.add_argument("--no-reexec", action="store_true")
+    args = parser.parse_args()
+    if args.repetitions < 1 or any(not 0 < f <= 1 for f in args.fractions):
+        parser.error("--repetitions must be >= 1 and fractions in (0, 1]")
+    results = []
+    lines = [
+        "| table rows | sampled | variant | optimizer step (time) | optimizer step"
+        " (bytes) | whole training step (time) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rows in args.rows:
+        for fraction in args.fractions:
+            print(f"== {rows:,} rows, {fraction:.1%} sampled", flush=True)
+            optimizer = measure(rows, fraction, args.repetitions, whole_step=False)
+            whole = measure(rows, fraction, args.repetitions, whole_step=True)
+            results.append(
+                {
+                    "rows": rows,
+                    "fraction": fraction,
+                    "optimizer": optimizer,
+                    "whole": whole,
+                }
+            )
+            print("\n".join(table_rows(results[-1])), flush=True)
+    device = jax.devices()[0]
+    header = {
+        "date": datetime.date.today().isoformat(),
+        "device": f"{device.platform}: {device.device_kind}",
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "repetitions": args.repetitions,
+        "command": "python " + " ".join(sys.argv),
+    }
+    if args.out and os.path.exists(args.out):
+        # Merge with earlier runs (one process per table size or fraction keeps
+        # the heap small): newer results replace those of the same config.
+        with open(args.out) as f:
+            earlier = json.load(f)
+        fresh = {(r["rows"], r["fraction"]) for r in results}
+        results = [
+            r for r in earlier["results"] if (r["rows"], r["fraction"]) not in fresh
+        ] + results
+        results.sort(key=lambda r: (r["rows"], r["fraction"]))
+        header["command"] = earlier["header"]["command"] + "; " + header["command"]
+    table = "\n".join(lines[:2] + [line for r in results for line in table_rows(r)])
+    print(json.dumps(header, indent=1))
+    print(table)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(
+                {"header": header, "results": results, "markdown": table}, f, indent=1
+            )
+
+
+def table_rows(result):
+    rows, fraction = result["rows"], result["fraction"]
+    optimizer, whole = result["optimizer"], result["whole"]
+    return [
+        f"| {rows:,} | {fraction:.1%} | `{name}` |"
+        f" {optimizer[name]['time_ratio']:.3f}x"
+        f" ({1e3 * optimizer[name]['seconds']:.2f} ms) |"
+        f" {optimizer[name]['bytes_ratio']:.3f}x |"
+        f" {whole[name]['time_ratio']:.3f}x ({1e3 * whole[name]['seconds']:.2f} ms) |"
+        for name in optimizer
+    ]
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,9 @@ class LookaheadState(NamedTuple):
     Attributes:
       count: number of updates taken so far (int32 scalar). Update number
         ``count`` (counting from 0) is a sync step when
-        ``count % sync_period == sync_period - 1``.
+        ``count % sync_period == sync_period - 1``. It saturates at the int32
+        maximum (``optax.safe_increment``), so after about 2.1e9 updates the
+        syncs stop.
       slow: the slow weights, a copy of the params' tree with the params' dtypes.
         Evaluate and export with these (see :func:`slow_params`).
       inner_state: the state of the inner (fast) optimizer.

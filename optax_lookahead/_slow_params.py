@@ -5,8 +5,10 @@ from optax._src import base
 
 from optax_lookahead._lookahead import LookaheadState
 
+_NO_DEFAULT = object()
 
-def slow_params(opt_state: base.OptState) -> base.Params:
+
+def slow_params(opt_state: base.OptState, default=_NO_DEFAULT) -> base.Params:
     """Returns the slow weights of the one :class:`LookaheadState` in ``opt_state``.
 
     The paper evaluates on the slow weights; use them for evaluation and export.
@@ -18,13 +20,18 @@ def slow_params(opt_state: base.OptState) -> base.Params:
 
     Args:
       opt_state: an optimizer state holding exactly one :class:`LookaheadState`.
+      default: returned when ``opt_state`` holds no :class:`LookaheadState`,
+        for code that evaluates runs with and without lookahead alike
+        (``slow_params(opt_state, default=params)``). Without it, that case
+        raises.
 
     Returns:
       The slow weights, a tree with the params' structure.
 
     Raises:
-      ValueError: if ``opt_state`` holds no :class:`LookaheadState`, or more than
-        one (then it is ambiguous which slow weights are meant).
+      ValueError: if ``opt_state`` holds no :class:`LookaheadState` and no
+        ``default`` is given, or if it holds more than one (then it is
+        ambiguous which slow weights are meant).
 
     Example:
       >>> import jax.numpy as jnp
@@ -34,6 +41,9 @@ def slow_params(opt_state: base.OptState) -> base.Params:
       >>> state = tx.init({"w": jnp.zeros(2)})
       >>> slow_params(state)
       {'w': Array([0., 0.], dtype=float32)}
+      >>> params = {"w": jnp.ones(2)}  # evaluation code that runs either way
+      >>> slow_params(optax.adam(1e-3).init(params), default=params) is params
+      True
     """
     is_lookahead = lambda x: isinstance(x, LookaheadState)
     found = [
@@ -45,6 +55,8 @@ def slow_params(opt_state: base.OptState) -> base.Params:
     ]
     if len(found) == 1:
         return found[0][1].slow
+    if not found and default is not _NO_DEFAULT:
+        return default
     if not found:
         raise ValueError(
             "slow_params: opt_state holds no LookaheadState (it is a"

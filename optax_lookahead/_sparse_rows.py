@@ -83,7 +83,20 @@ def sparse_rows(ids: jax.Array, row_grads: jax.Array, num_rows: int) -> SparseRo
 
 
 def gather_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
-    """``table[ids]``, with zero rows for ids outside the table."""
+    """``table[ids]``, with zero rows for ids outside the table, ``-1`` included.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_lookahead import gather_rows
+      >>> gather_rows(jnp.arange(6.0).reshape(3, 2), jnp.array([2, -1, 3]))
+      Array([[4., 5.],
+             [0., 0.],
+             [0., 0.]], dtype=float32)
+    """
+    ids = jnp.asarray(ids)
+    # JAX indexing wraps negative ids around to the end of the table before
+    # mode="fill" looks at them; send them out of range instead.
+    ids = jnp.where(ids < 0, table.shape[0], ids)
     return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)
 
 

@@ -108,18 +108,27 @@ class LookaheadTrainState(linen_train_state.TrainState):
       Array(3., dtype=float32)
     """
 
-    def apply_gradients(self, *, grads, **kwargs):
+    def apply_gradients(self, *, grads, extra_args=None, **kwargs):
+        """Like ``TrainState.apply_gradients``; ``extra_args`` (a dict) is
+        passed to the optimizer's update, e.g. ``{"sampled_rows": ids}`` for
+        :func:`~optax_lookahead.lazy_mask`. Other keyword arguments replace
+        fields, as in Flax."""
         # Same contract as TrainState.apply_gradients, including Flax's
         # "overwrite_with_gradient" collection, which bypasses the optimizer.
+        extra_args = extra_args or {}
         overwrite = linen_train_state.OVERWRITE_WITH_GRADIENT
         if overwrite in grads:
             params, opt_state = update_and_apply(
-                self.tx, self.params["params"], self.opt_state, grads["params"]
+                self.tx,
+                self.params["params"],
+                self.opt_state,
+                grads["params"],
+                **extra_args,
             )
             params = {"params": params, overwrite: grads[overwrite]}
         else:
             params, opt_state = update_and_apply(
-                self.tx, self.params, self.opt_state, grads
+                self.tx, self.params, self.opt_state, grads, **extra_args
             )
         return self.replace(
             step=self.step + 1, params=params, opt_state=opt_state, **kwargs

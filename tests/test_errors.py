@@ -136,3 +136,10 @@ def test_slow_params_without_or_with_two_lookaheads():
     two = optax.chain(lookahead(optax.sgd(0.1)), lookahead(optax.sgd(0.1)))
     with pytest.raises(ValueError, match=r"2 LookaheadStates, at \[0\], \[1\]"):
         slow_params(two.init(params))
+
+
+def test_slow_params_default_when_there_is_no_lookahead():
+    params = {"w": jnp.ones(2)}
+    assert slow_params(optax.adam(0.1).init(params), default=params) is params
+    state = lookahead(optax.sgd(0.1)).init(params)
+    assert slow_params(state, default=None) is state.slow

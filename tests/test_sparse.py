@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 from benchmarks import hlo_bytes
 from optax_lookahead import (
     SparseRows,
+    gather_rows,
     lazy_mask,
     lookahead,
     slow_params,
@@ -277,3 +278,18 @@ def test_row_sharded_table_under_jit():
     assert sharded["embedding"].sharding.is_equivalent_to(layout, 2)
     mu = sharded_state.inner_state[0].mu["embedding"]
     assert mu.sharding.is_equivalent_to(sharded["embedding"].sharding, 2)
+
+
+def test_negative_padding_ids_read_zero_rows_and_move_nothing():
+    table = jnp.arange(12.0).reshape(4, 3)
+    np.testing.assert_array_equal(
+        gather_rows(table, jnp.array([[1, -1], [4, -7]])),
+        [[[3.0, 4.0, 5.0], [0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]],
+    )
+    tx = sparse_lazy(optax.sgd(1.0))
+    params = {"embedding": table}
+    ids = jnp.array([1, -1, -1])
+    grads = {"embedding": sparse_rows(ids, jnp.ones((3, 3)), num_rows=4)}
+    params, _ = update_and_apply(tx, params, tx.init(params), grads)
+    moved = np.flatnonzero(np.any(np.asarray(params["embedding"]) != table, axis=1))
+    np.testing.assert_array_equal(moved, [1])  # not the last row

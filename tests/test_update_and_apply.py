@@ -106,3 +106,19 @@ def test_lookahead_train_state_matches_train_state():
     assert int(fused.step) == int(plain.step) == 5
     assert_trees_close(fused.params, plain.params, rtol=1e-6, atol=1e-7)
     assert_trees_close(slow_params(fused.opt_state), slow_params(plain.opt_state))
+
+
+def test_lookahead_train_state_forwards_extra_args():
+    """sampled_rows reaches lazy_mask through apply_gradients(extra_args=...)."""
+    params = {"embedding": jnp.zeros((4, 2))}
+    state = LookaheadTrainState.create(
+        apply_fn=None,
+        params=params,
+        tx=lookahead(lazy_mask(optax.sgd(1.0)), sync_period=10),
+    )
+    grads = {"embedding": jnp.ones((4, 2))}  # an L2-like term: all rows non-zero
+    state = state.apply_gradients(
+        grads=grads, extra_args={"sampled_rows": jnp.array([2])}
+    )
+    moved = np.flatnonzero(np.any(np.asarray(state.params["embedding"]) != 0, axis=1))
+    np.testing.assert_array_equal(moved, [2])

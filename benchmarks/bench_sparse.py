@@ -35,15 +35,12 @@ import statistics
 import sys
 import time
 
-GLIBC_TUNABLES = (
-    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-    "glibc.malloc.trim_threshold=17179869184"
-)
-if "--no-reexec" not in sys.argv and os.environ.get("GLIBC_TUNABLES") is None:
-    os.environ["GLIBC_TUNABLES"] = GLIBC_TUNABLES
-    print(f"re-executing with GLIBC_TUNABLES={GLIBC_TUNABLES}", flush=True)
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_env  # noqa: E402
 
+cpu_env.reexec_with_malloc_tunables()
+
+import hlo_bytes  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -57,9 +54,6 @@ from optax_lookahead import (  # noqa: E402
     sparse_rows,
     update_and_apply,
 )
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import hlo_bytes  # noqa: E402
 
 DIM, SYNC_PERIOD = 128, 5
 

@@ -39,17 +39,12 @@ import statistics
 import sys
 import time
 
-GLIBC_TUNABLES = (
-    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-    "glibc.malloc.trim_threshold=17179869184"
-)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_env  # noqa: E402
 
-if "--no-reexec" not in sys.argv and os.environ.get("GLIBC_TUNABLES") is None:
-    if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu" or "--cpu" in sys.argv:
-        os.environ["GLIBC_TUNABLES"] = GLIBC_TUNABLES
-        print(f"re-executing with GLIBC_TUNABLES={GLIBC_TUNABLES}", flush=True)
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+cpu_env.reexec_with_malloc_tunables()
 
+import hlo_bytes  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -61,9 +56,6 @@ from optax_lookahead import (  # noqa: E402
     lookahead,
     update_and_apply,  # noqa: E402
 )
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import hlo_bytes  # noqa: E402
 
 SYNC_PERIOD = 5
 
@@ -409,8 +401,9 @@ def main():
         default=["dense", "embedding_1pct", "embedding_all", "model"],
     )
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--no-reexec", action="store_true")
-    parser.add_argument("--cpu", action="store_true", help="force the CPU tunables")
+    parser.add_argument(
+        "--no-reexec", action="store_true", help="skip the malloc tunables (GPU)"
+    )
     args = parser.parse_args()
     if args.repetitions < 1 or args.periods < 1:
         parser.error("--repetitions and --periods must be >= 1")

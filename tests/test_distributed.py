@@ -137,6 +137,18 @@ def param_shardings_in_state(tx, state, params):
     return pairs
 
 
+def state_shardings_like(tx, params, mesh):
+    """The state's shardings: each param's for the leaves that mirror it, and
+    replicated for the rest (step counts), as the README shows."""
+    return optax.tree.map_params(
+        tx,
+        lambda _, param: param.sharding,
+        jax.eval_shape(tx.init, params),
+        params,
+        transform_non_params=lambda _: NamedSharding(mesh, P()),
+    )
+
+
 def assert_state_follows_params(tx, state, params):
     pairs = param_shardings_in_state(tx, state, params)
     # slow, mu, nu for each of the two params.
@@ -161,13 +173,7 @@ def test_state_follows_param_sharding(layout, axis_type):
     assert_state_follows_params(tx, state, params)
 
     # jit init: give out_shardings built from the params' shardings.
-    state_shardings = optax.tree.map_params(
-        tx,
-        lambda _, param: param.sharding,
-        jax.eval_shape(tx.init, params),
-        params,
-        transform_non_params=lambda _: NamedSharding(mesh, P()),
-    )
+    state_shardings = state_shardings_like(tx, params, mesh)
     jit_state = jax.jit(tx.init, out_shardings=state_shardings)(params)
     assert_state_follows_params(tx, jit_state, params)
 
@@ -321,13 +327,7 @@ def test_sharded_step_with_donation_reuses_buffers_and_compiles_once(init):
     mesh = mesh_2d(AxisType.Auto)
     params = sharded_params(mesh, MESH_SPECS["rows"])
     tx = make_tx()
-    state_shardings = optax.tree.map_params(
-        tx,
-        lambda _, param: param.sharding,
-        jax.eval_shape(tx.init, params),
-        params,
-        transform_non_params=lambda _: NamedSharding(mesh, P()),
-    )
+    state_shardings = state_shardings_like(tx, params, mesh)
     if init == "jit":
         state = jax.jit(tx.init, out_shardings=state_shardings)(params)
     else:

@@ -99,7 +99,7 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_accuracy(records: list[dict], path, title: str) -> None:
     """Held-out accuracy per epoch: the mean over seeds, the range shaded."""
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(9, 4.5))
     ax = fig.subplots()
     for optimizer, seeds in by_run(records).items():
         # Only the epochs that every seed has reached, so the mean is fair.
@@ -123,6 +123,6 @@ def plot_accuracy(records: list[dict], path, title: str) -> None:
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

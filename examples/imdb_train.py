@@ -83,10 +83,8 @@ def prepare(
 
 def eval_weights(params, opt_state):
     """The weights to evaluate: lookahead's slow weights, else the params."""
-    try:
-        return slow_params(opt_state)  # the Lookahead paper evaluates on these
-    except ValueError:
-        return params
+    # The Lookahead paper evaluates on the slow weights.
+    return slow_params(opt_state, default=params)
 
 
 def evaluate(eval_step, params, tokens, labels) -> tuple[float, float]:

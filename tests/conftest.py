@@ -8,16 +8,20 @@ raises on ``float ** int32``), so the tests wrap such inner optimizers with
 rules while ours stays strict.
 """
 
+import os
+
 import jax
 import pytest
 from hypothesis import settings
 
 # Derandomized: CI sees the same examples on every run, so a failure is
 # reproducible and a green run is not luck. No example database on disk.
+# OPTAX_LOOKAHEAD_HYPOTHESIS=stress draws ten times as many random examples.
 settings.register_profile(
-    "deterministic", derandomize=True, database=None, deadline=None
+    "deterministic", derandomize=True, database=None, deadline=None, max_examples=30
 )
-settings.load_profile("deterministic")
+settings.register_profile("stress", database=None, deadline=None, max_examples=300)
+settings.load_profile(os.environ.get("OPTAX_LOOKAHEAD_HYPOTHESIS", "deterministic"))
 
 
 @pytest.fixture(params=["branch", "select"])

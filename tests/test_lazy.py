@@ -54,7 +54,7 @@ def run_sequence(tx, params, grads_per_step, jit=True, **extra_args):
     return history, states
 
 
-@settings(max_examples=25, deadline=None)
+@settings(deadline=None)
 @given(
     rows=st.integers(2, 16),
     trailing=st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple),

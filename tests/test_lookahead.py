@@ -50,7 +50,7 @@ def assert_matches_oracle(history, expected):
                 )
 
 
-@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     shapes=shapes_strategy,
     sync_period=st.integers(1, 6),

@@ -54,34 +54,33 @@ def sparse_embed_grads(grads, perturbation_grads, ids):
     Returns:
       ``grads`` with a :class:`~optax_lookahead.SparseRows` for each table.
     """
-    flat = {
-        path[:-1]: leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(perturbation_grads)[0]
-        if path and getattr(path[-1], "key", None) == "rows"
+    row_grads = {
+        _names(path)[:-1]: leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(perturbation_grads)
+        if _names(path)[-1:] == ("rows",)
     }
-    flat_grads = dict(
-        (tuple(getattr(k, "key", k) for k in path), leaf)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]
-    )
-    replaced = {}
-    for path, row_grads in flat.items():
-        module = tuple(getattr(k, "key", k) for k in path)
-        table = flat_grads.get(module + ("embedding",))
-        if table is None:
-            raise ValueError(
-                f"sparse_embed_grads: no 'embedding' gradient at {module} for the"
-                " perturbation found there; pass the params' gradient as grads."
-            )
-        module_ids = ids[module] if isinstance(ids, dict) else ids
-        replaced[module + ("embedding",)] = sparse_rows(
-            module_ids, row_grads, num_rows=table.shape[0]
-        )
+    found = set()
 
     def swap(path, leaf):
-        key = tuple(getattr(k, "key", k) for k in path)
-        return replaced.get(key, leaf)
+        module = _names(path)[:-1]
+        if _names(path)[-1:] != ("embedding",) or module not in row_grads:
+            return leaf
+        found.add(module)
+        module_ids = ids[module] if isinstance(ids, dict) else ids
+        return sparse_rows(module_ids, row_grads[module], num_rows=leaf.shape[0])
 
-    return jax.tree_util.tree_map_with_path(swap, grads)
+    grads = jax.tree_util.tree_map_with_path(swap, grads)
+    if missing := set(row_grads) - found:
+        raise ValueError(
+            f"sparse_embed_grads: no 'embedding' gradient for the perturbations of"
+            f" {sorted(missing)}; pass the gradient with respect to the params."
+        )
+    return grads
+
+
+def _names(path) -> tuple:
+    """A key path as plain names: ``('Embed_0', 'embedding')``."""
+    return tuple(getattr(key, "key", key) for key in path)
 
 
 class LookaheadTrainState(linen_train_state.TrainState):

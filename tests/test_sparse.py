@@ -293,3 +293,10 @@ def test_negative_padding_ids_read_zero_rows_and_move_nothing():
     params, _ = update_and_apply(tx, params, tx.init(params), grads)
     moved = np.flatnonzero(np.any(np.asarray(params["embedding"]) != table, axis=1))
     np.testing.assert_array_equal(moved, [1])  # not the last row
+
+
+def test_sparse_embed_grads_names_a_perturbation_without_its_table():
+    grads = {"dense": {"kernel": jnp.ones((2, 2))}}
+    perturbations = {"embed": {"rows": jnp.ones((3, DIM))}}
+    with pytest.raises(ValueError, match=r"\('embed',\)"):
+        sparse_embed_grads(grads, perturbations, jnp.arange(3))

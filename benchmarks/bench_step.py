@@ -49,6 +49,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import results_file  # noqa: E402
 
 from optax_lookahead import (  # noqa: E402
     _lookahead,
@@ -487,11 +488,7 @@ def main():
     print(json.dumps(header, indent=1))
     print(table)
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(
-                {"header": header, "results": results, "markdown": table}, f, indent=1
-            )
+        results_file.write(args.out, header, results, table)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ where it left off (an unfinished run restarts from its first epoch). Runs go
 seed by seed, all optimizers for one seed before the next seed, so partial
 results compare the optimizers on the same seeds.
 
-Run (about 3 hours on a 2-core CPU; ``results/make_results.py`` then writes
-RESULTS.md from the logs):
+Run (3.6 hours in all on a 2-core CPU, as measured in RESULTS.md;
+``results/make_results.py`` then writes RESULTS.md from the logs):
 
     nice -n 10 python examples/reproduce_imdb.py > out/reproduce_imdb.log 2>&1 &
 

@@ -7,23 +7,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base
 
-from optax_lookahead import _order
-from optax_lookahead._mirrors import map_param_mirrors
-from optax_lookahead._rows import (
-    broadcast_rows,
-    detect_sampled_rows,
-    given_sampled_rows,
-)
+from optax_lookahead import _checks, _lookahead_in_tree, _rows, _state_tree
 
 EMBEDDING_NAME = "embedding"
-
-WORKING_FORM = _order.working_form("lazy_mask")
 
 # Keys that wrap a value rather than name it: Flax NNX's init sees
 # `Param` variables, whose array sits under `.value`.
 _WRAPPER_KEYS = ("value", "raw_value")
+
+_FOR_SPARSE_ROWS = (
+    "For SparseRows gradients use sparse_lazy(inner) with"
+    " optax_lookahead.update_and_apply."
+)
 
 
 class LazyMaskState(NamedTuple):
@@ -34,17 +30,19 @@ class LazyMaskState(NamedTuple):
         decides which rows of the selected tables may move).
     """
 
-    inner_state: base.OptState
+    inner_state: optax.OptState
 
 
-Mask = base.PyTree | Callable[[base.Params], base.PyTree] | None
+Mask = Any | Callable[[optax.Params], Any] | None
 
 
 def lazy_mask(
-    inner: optax.GradientTransformation = None,
+    inner: optax.GradientTransformation | None = None,
     mask: Mask = None,
     freeze_state: bool = False,
-) -> base.GradientTransformationExtraArgs:
+    *,
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
     """Wraps an optimizer so rows of embedding tables that were not sampled stay put.
 
     With a momentum optimizer (Adam, SGD with momentum) a row of an embedding
@@ -66,21 +64,40 @@ def lazy_mask(
     optax.adam(1e-3)))``; masking a sync step would leave the fast and slow
     weights apart.
 
+    Data parallel code under ``pmap`` or ``shard_map`` that gives each device
+    its own ``sampled_rows`` (or a table sharded by columns, where a device sees
+    only some columns of each gradient row) must name the mapped axes in
+    ``axis_name``: the row flags are then OR-ed across them, one all-reduce of
+    a row vector per table, so every device masks the same rows. Under ``jit``
+    with sharded global arrays nothing is needed.
+
+    With ``optax.MultiSteps``, the wrapped optimizer runs once per
+    ``every_k_schedule`` micro-batches, on the accumulated gradient, and sees
+    only the extra arguments of the last micro-batch. Detection from the
+    gradient (the default) then sees every micro-batch's rows; explicit
+    ``sampled_rows`` must be the union of all the micro-batches' ids, given at
+    every micro-step (at least at the last one).
+
     Args:
       inner: the optimizer to wrap, any optax transformation.
-      mask: which leaves are embedding tables (rows along axis 0, at least 2-D).
-        ``None`` (default) selects every leaf whose key path ends in
-        ``"embedding"``, the parameter name of Flax's ``nn.Embed`` and
-        ``nnx.Embed``. Otherwise a tree of bools with the params' structure (or a
-        prefix of it), or a callable taking the params (at ``init``) or the
-        updates (at ``update``) and returning such a tree, as for
-        ``optax.masked``.
+      mask: which leaves are embedding tables (rows along axis 0; a 1-D leaf,
+        such as per-token biases, has one element per row). ``None`` (default)
+        selects every leaf whose key path ends in ``"embedding"``, the parameter
+        name of Flax's ``nn.Embed`` and ``nnx.Embed``. Otherwise a tree of bools
+        with the params' structure (or a prefix of it), or a callable taking the
+        params (at ``init``) or the updates (at ``update``) and returning such a
+        tree, as for ``optax.masked``.
       freeze_state: ``False`` (default) is Su Jianlin's LazyOptimizer: the inner
         state (momenta) keeps evolving for every row, only the step of unsampled
         rows is masked. ``True`` also keeps the inner state rows of unsampled
         rows unchanged, as TensorFlow's LazyAdam and PyTorch's SparseAdam do;
-        step counts stay global. Works for any inner optimizer whose state
-        mirrors the params leaf for leaf.
+        step counts stay global. It needs an inner optimizer whose state holds
+        one row per table row (Adam, momentum, Adagrad, RMSProp), which is
+        checked at ``init``.
+      axis_name: the mapped axis name (or a tuple of names) over which sampled
+        rows are combined, for ``pmap`` / ``shard_map`` code; ``None`` (default)
+        for single-device and ``jit`` code. Never the axis a table's rows are
+        sharded over.
 
     Returns:
       An optax ``GradientTransformationExtraArgs`` whose state is a
@@ -93,10 +110,12 @@ def lazy_mask(
       Other extra arguments are forwarded to ``inner``.
 
     Raises:
-      TypeError: if ``inner`` is missing or not an optax transformation.
+      TypeError: if ``inner`` is missing or not an optax transformation, or
+        ``freeze_state`` is not a bool.
       ValueError: if ``inner`` is a :func:`lookahead` (the order is reversed), or,
-        at ``init``, if the mask does not match the params, selects nothing, or
-        selects a leaf with fewer than two dimensions.
+        at ``init``, if the mask does not match the params, selects nothing or
+        a scalar, or ``freeze_state=True`` meets an optimizer whose state does
+        not hold one row per table row.
 
     Example:
       >>> import jax.numpy as jnp
@@ -123,32 +142,39 @@ def lazy_mask(
             "lazy_mask(inner, ...) needs the optimizer to wrap: a transformation"
             " placed before the optimizer in optax.chain can only change"
             " gradients, and the optimizer's momentum would still move the"
-            f" unsampled rows. Write {WORKING_FORM}."
+            " unsampled rows. Write"
+            f" {_lookahead_in_tree.working_form('lazy_mask')}."
         )
-    _order.check_transformation("lazy_mask", inner)
-    inner = base.with_extra_args_support(inner)
+    _lookahead_in_tree.check_wrappable("lazy_mask", inner)
+    _checks.check_bool("lazy_mask(freeze_state=...)", freeze_state)
+    inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
         inner_state = inner.init(params)
-        if jax.tree.leaves(params):  # optax.tree.map_params passes an empty tree.
-            _order.check_no_lookahead_inside("lazy_mask", inner_state)
-            _selection(mask, params)  # validates the mask against the params
-        return LazyMaskState(inner_state=inner_state)
+        if _is_placeholder(params):  # optax.tree.map_params asks for the layout
+            return LazyMaskState(inner_state=inner_state)
+        _lookahead_in_tree.check_no_lookahead_inside("lazy_mask", inner_state)
+        selected = _selection(mask, params)
+        if freeze_state:
+            _state_tree.check_state_holds_rows(
+                inner, inner_state, _selected_tables(selected, params), _NOT_ROW_WISE
+            )
+        state = LazyMaskState(inner_state=inner_state)
+        return _state_tree.place_counters_like_params(state, params)
 
     def update_fn(updates, state, params=None, sampled_rows=None, **extra_args):
+        _rows.refuse_sparse(updates, "lazy_mask", _FOR_SPARSE_ROWS)
+        rows = _sampled_rows_per_leaf(
+            _selection(mask, updates), updates, sampled_rows, axis_name
+        )
         inner_updates, inner_state = inner.update(
             updates, state.inner_state, params, **extra_args
         )
-        rows = _sampled_rows_per_leaf(_selection(mask, updates), updates, sampled_rows)
         masked_updates = jax.tree.map(
-            # A select, not a multiply: 0 * NaN momentum would still be NaN.
-            lambda u, r: u if r is None else jnp.where(broadcast_rows(r, u), u, 0),
-            inner_updates,
-            rows,
-            is_leaf=lambda x: x is None,
+            _mask_rows, inner_updates, rows, is_leaf=lambda x: x is None
         )
         if freeze_state:
-            inner_state = map_param_mirrors(
+            inner_state = _state_tree.map_param_mirrors(
                 inner,
                 _keep_unsampled_rows,
                 inner_state,
@@ -157,21 +183,47 @@ def lazy_mask(
             )
         return masked_updates, LazyMaskState(inner_state=inner_state)
 
-    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+_NOT_ROW_WISE = (
+    "lazy_mask(freeze_state=True) keeps the optimizer state of unsampled rows,"
+    " so it needs an inner optimizer whose state holds one row per table row"
+    " (Adam, SGD with momentum, Adagrad, RMSProp); its state holds a leaf of"
+    " shape {got} for a table of shape {want}. Use freeze_state=False with this"
+    " optimizer (for example optax.adafactor or optax.sm3, which factor their state)."
+)
+
+
+def _mask_rows(update, rows):
+    if rows is None:
+        return update
+    # A select, not a multiply: 0 * NaN momentum would still be NaN.
+    return jnp.where(_rows.broadcast_rows(rows, update), update, 0)
 
 
 def _keep_unsampled_rows(new, old, rows):
     """Frozen-state rule for one state leaf that mirrors a param."""
     if rows is None:  # the param is not a selected table
         return new
-    if new.ndim < 1 or new.shape[0] != rows.shape[0]:
-        raise ValueError(
-            "lazy_mask(freeze_state=True) needs an inner optimizer whose state"
-            " mirrors the params leaf for leaf; a state leaf of shape"
-            f" {new.shape} stands for a table of {rows.shape[0]} rows. Use"
-            " freeze_state=False with this optimizer."
-        )
-    return jnp.where(broadcast_rows(rows, new), new, old)
+    return jnp.where(_rows.broadcast_rows(rows, new), new, old)
+
+
+def _is_placeholder(params) -> bool:
+    """Whether ``params`` is optax's layout probe rather than real params.
+
+    ``optax.tree.map_params`` calls ``init`` with an empty custom node to find
+    the state's layout. Real params with no leaves are an empty dict, list or
+    tuple (or None), and are refused by the mask check.
+    """
+    return not jax.tree.leaves(params) and not isinstance(
+        params, (dict, list, tuple, type(None))
+    )
+
+
+def _selected_tables(selected, params):
+    """A tree like ``params``: each selected table, else None."""
+    return jax.tree.map(lambda flag, leaf: leaf if flag else None, selected, params)
 
 
 def _selection(mask: Mask, tree) -> Any:
@@ -195,7 +247,6 @@ def _selection(mask: Mask, tree) -> Any:
                 f" it does not match the params: {error}"
             ) from None
     flagged = jax.tree_util.tree_leaves_with_path(selected)
-    leaves = jax.tree.leaves(tree)
     if not any(flag for _, flag in flagged):
         raise ValueError(
             "lazy_mask: the mask selects no parameter, so nothing would be lazy."
@@ -203,31 +254,24 @@ def _selection(mask: Mask, tree) -> Any:
             f" (found: {[jax.tree_util.keystr(p) for p, _ in flagged]}); pass"
             " mask= to choose the embedding tables."
         )
-    for (path, flag), leaf in zip(flagged, leaves, strict=True):
-        if flag and jnp.ndim(leaf) < 2:
+    for (path, flag), leaf in zip(flagged, jax.tree.leaves(tree), strict=True):
+        if flag and jnp.ndim(leaf) < 1:
             raise ValueError(
-                f"lazy_mask: the mask selects {jax.tree_util.keystr(path)} of shape"
-                f" {jnp.shape(leaf)}, but only tables with at least 2"
-                " dimensions (rows along axis 0) can be masked by row."
+                f"lazy_mask: the mask selects {jax.tree_util.keystr(path)}, a"
+                " scalar; only tables (rows along axis 0, at least 1-D) can be"
+                " masked by row."
             )
     return selected
 
 
 def _ends_in_embedding(path) -> bool:
-    names = [_key_name(key) for key in path]
+    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
     while names and names[-1] in _WRAPPER_KEYS:
         names.pop()
     return bool(names) and names[-1] == EMBEDDING_NAME
 
 
-def _key_name(key):
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return getattr(key, attribute)
-    return None
-
-
-def _sampled_rows_per_leaf(selected, updates, sampled_rows):
+def _sampled_rows_per_leaf(selected, updates, sampled_rows, axis_name):
     """A tree like ``updates``: a bool row vector per selected leaf, else None."""
     if sampled_rows is None or isinstance(sampled_rows, (jax.Array, np.ndarray)):
         given = jax.tree.map(lambda _: sampled_rows, updates)
@@ -245,10 +289,11 @@ def _sampled_rows_per_leaf(selected, updates, sampled_rows):
         if not flag:
             return None
         if given_rows is None:
-            return detect_sampled_rows(update)
-        return given_sampled_rows(
-            given_rows, update.shape[0], jax.tree_util.keystr(path)
-        )
+            rows = _rows.detect_sampled_rows(update)
+        else:
+            where = jax.tree_util.keystr(path)
+            rows = _rows.given_sampled_rows(given_rows, update.shape[0], where)
+        return _rows.combine_across(rows, axis_name)
 
     return jax.tree_util.tree_map_with_path(
         rows_for, selected, updates, given, is_leaf=lambda x: x is None

@@ -1,124 +1,180 @@
-"""Lookahead, with the slow weights kept in the optimizer state."""
+"""Lookahead, with the slow weights kept in the optimizer state.
 
+One step, as :func:`_update` runs it: take the slow weights from the params if
+this is the first update; run the inner optimizer; on a sync step, move the
+slow weights toward where the inner step would put the params and land the
+params on them; count the step. :func:`_update_and_apply` is the same step for
+loops that let the optimizer apply its own updates; the two share every helper
+below them.
+"""
+
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
-from optax._src import base
 
-from optax_lookahead import _checks
-from optax_lookahead._mirrors import map_param_mirrors
-from optax_lookahead._sparse_rows import apply_sparse_updates, is_sparse
+from optax_lookahead import _checks, _rows, _state_tree
 
 InnerStateOnSync = Literal["keep", "reset", "pullback"]
-INNER_STATE_ON_SYNC = ("keep", "reset", "pullback")
+SyncStaging = Literal["auto", "cond", "select"]
+
+_INT32_MAX = 2**31 - 1
+# Where a lookahead sync must come back to the params it cannot apply itself.
+_SPARSE_FIX = (
+    "Apply sparse updates with optax_lookahead.update_and_apply(tx, params,"
+    " opt_state, grads), which adds the rows in place and syncs afterwards, and"
+    " put sparse_lazy directly inside: lookahead(sparse_lazy(optax.adam(1e-3)))."
+)
 
 
 class LookaheadState(NamedTuple):
     """State of :func:`lookahead`.
 
     Attributes:
-      count: number of updates taken so far (int32 scalar). Update number
-        ``count`` (counting from 0) is a sync step when
-        ``count % sync_period == sync_period - 1``. It saturates at the int32
-        maximum (``optax.safe_increment``), so after about 2.1e9 updates the
-        syncs stop.
-      slow: the slow weights, a copy of the params' tree with the params' dtypes.
-        Evaluate and export with these (see :func:`slow_params`).
+      step: the number of updates taken (int32 scalar). Update number ``step``
+        (from 0) syncs when ``step % sync_period == sync_period - 1``. Near the
+        int32 limit it wraps back to ``sync_period``, so syncs go on at period
+        ``sync_period`` forever.
+      slow: the slow weights, a tree like the params with the params' dtypes.
+        They are taken from the params at the first update (before it, they
+        hold a copy of the params given to ``init``), and after each sync they
+        equal the params the sync's updates land on, bit for bit. Evaluate and
+        export with these (see :func:`slow_params`).
       inner_state: the state of the inner (fast) optimizer.
-      inner_state_at_sync: with ``inner_state_on_sync="pullback"``, the inner
-        state as it was left by the last sync (or by ``init``); ``None`` for the
-        other options.
+      mirrors_at_sync: with ``inner_state_on_sync="pullback"``, the parts of
+        ``inner_state`` that mirror the params (momenta, moments; each a tree
+        like the params) as the last sync left them, in the order they appear
+        in ``inner_state``; an empty tuple for the other options.
     """
 
-    count: jax.Array
-    slow: base.Params
-    inner_state: base.OptState
-    inner_state_at_sync: Any = None
+    step: jax.Array
+    slow: optax.Params
+    inner_state: optax.OptState
+    mirrors_at_sync: tuple = ()
 
 
-class LookaheadTransformation(base.GradientTransformationExtraArgs):
-    """The type :func:`lookahead` returns: an ordinary optax transformation.
+@dataclasses.dataclass(frozen=True)
+class LookaheadConfig:
+    """The arguments of :func:`lookahead`, checked and normalised."""
 
-    A subclass so that :func:`lazy_mask` can tell, at construction, that it was
-    wrapped around a lookahead instead of the other way round, and so that it
-    can carry the fused step that :func:`update_and_apply` runs.
+    inner: optax.GradientTransformationExtraArgs
+    sync_period: Any
+    slow_step_size: Any
+    inner_state_on_sync: InnerStateOnSync
+    sync_staging: SyncStaging
 
-    Attributes:
-      update_and_apply: ``(updates, state, params, **extra_args) -> (params,
-        state)``; use it through :func:`update_and_apply`.
+
+class LookaheadTransformation(optax.GradientTransformationExtraArgs):
+    """What :func:`lookahead` returns: an ordinary optax transformation.
+
+    ``init, update = tx`` works as for any optax transformation. The subclass
+    carries the checked arguments (``config``), so that :func:`lazy_mask` can
+    tell at construction that it was wrapped around a lookahead instead of the
+    other way round, and so that :func:`update_and_apply` can run the fused step
+    (:meth:`update_and_apply`).
     """
 
-    # No __slots__: unlike its NamedTuple bases, each instance has a __dict__
-    # to carry update_and_apply, since a third tuple field would break
-    # ``init, update = tx``.
-    update_and_apply: Callable[..., tuple[base.Params, LookaheadState]]
+    config: LookaheadConfig
+
+    def __new__(cls, config: LookaheadConfig):
+        tx = super().__new__(
+            cls, functools.partial(_init, config), functools.partial(_update, config)
+        )
+        tx.config = config
+        return tx
+
+    def __getnewargs__(self):
+        return (self.config,)
+
+    def update_and_apply(self, updates, state, params, **extra_args):
+        """The fused step; use it through :func:`update_and_apply`."""
+        return _update_and_apply(self.config, updates, state, params, **extra_args)
 
 
 def lookahead(
     inner: optax.GradientTransformation,
     sync_period: int = 5,
-    slow_step_size: float = 0.5,
+    slow_step_size: float | Callable[[jax.Array], jax.Array] = 0.5,
     inner_state_on_sync: InnerStateOnSync = "keep",
+    *,
+    sync_staging: SyncStaging = "auto",
 ) -> LookaheadTransformation:
     """Lookahead: ``sync_period`` fast steps forward, then one step back.
 
     The inner optimizer moves the params (the fast weights) every step. On every
     ``sync_period``-th step the slow weights move ``slow_step_size`` of the way to
     the fast weights that step produced, and the returned updates land the params
-    on the new slow weights (exactly, up to one rounding in the params' dtype)::
+    on the new slow weights::
 
       slow <- slow + slow_step_size * (params + inner_updates - slow)
       params <- slow
 
     On the other steps the inner updates pass through unchanged and the slow
-    weights keep their values. On CPU the sync runs inside a ``lax.cond``, so
-    between syncs the step does no work on the slow weights at all; on other
-    platforms, whose XLA copies buffers passed through a ``cond``, the sync is a
-    select that fuses into the inner optimizer's own kernel (the measured
-    figures are in BENCHMARKS.md).
+    weights keep their values. The slow weights start from the params of the
+    first update, not from those given to ``init``, so params loaded or replaced
+    after building the optimizer state (``TrainState.create`` and then
+    ``.replace(params=pretrained)``) are the ones lookahead starts from.
+    Replacing the params later, mid-training, keeps the slow weights: the next
+    sync interpolates from them toward the new params. To start over from new
+    params, build a new optimizer state with ``init``.
 
     Unlike ``optax.lookahead``, the slow weights live in the optimizer state, not
     in a ``LookaheadParams`` pair, so this is a drop-in for any loop that calls
     ``tx.update(grads, opt_state, params)`` on plain params (Flax ``TrainState``,
-    ``nnx.Optimizer``). Evaluate with :func:`slow_params`.
+    ``nnx.Optimizer``). Evaluate with :func:`slow_params`. For the fastest step,
+    apply with :func:`update_and_apply`.
 
     Args:
       inner: the fast optimizer, any optax transformation. Extra keyword
         arguments given to ``update`` are forwarded to it.
-      sync_period: ``k``, the number of fast steps per sync; an integer >= 1.
-        ``sync_period=1`` syncs every step.
+      sync_period: ``k``, the number of fast steps per sync; an integer in
+        ``[1, 2**30]``. ``sync_period=1`` syncs every step.
       slow_step_size: ``alpha`` in (0, 1], how far the slow weights move toward
-        the fast ones at a sync. ``1`` makes lookahead equal to ``inner``.
+        the fast ones at a sync, or a schedule: a callable taking the step count
+        (``LookaheadState.step``) and returning it. With ``1`` the params follow
+        ``inner`` exactly, bit for bit.
       inner_state_on_sync: what happens to the inner optimizer's state at a sync.
-        Only the parts of the state that mirror the params (momenta, Adam's
-        moments, accumulators) are affected; step counts are never touched.
 
-        - ``"keep"`` (default, the paper's choice): leave it as it is.
-        - ``"reset"``: set those parts back to what ``inner.init`` gives (zeros
-          for Adam and momentum). Unlike ``optax.lookahead(reset_state=True)``,
-          which re-runs ``inner.init`` and so restarts the inner step count,
-          learning-rate schedules keep running and Adam's bias correction is not
-          restarted. Note the consequence for Adam: with zeroed moments and a
-          large step count, the first steps after a sync are larger than usual
-          (by up to ``(1 - b1) / sqrt(1 - b2)``, about 3.2x for the defaults).
-        - ``"pullback"``: the Lookahead authors' "pullback" momentum: each of
-          those parts moves toward its value at the previous sync as the weights
+        - ``"keep"`` (default, the paper's choice): nothing.
+        - ``"reset"``: the inner optimizer starts over from ``inner.init`` (at
+          the new slow weights): momenta, moments and their step counts, so
+          Adam's bias correction restarts as in
+          ``optax.lookahead(reset_state=True)``. Unlike that, learning-rate
+          schedules keep running: the counts of ``optax.scale_by_schedule``
+          (used by optax optimizers given a schedule) and of
+          ``optax.inject_hyperparams`` are kept.
+        - ``"pullback"``: the Lookahead authors' "pullback" momentum: each part
+          of the inner state that mirrors the params (momenta, Adam's two
+          moments) moves toward its value at the previous sync as the weights
           do, ``state <- state_at_sync + slow_step_size * (state -
-          state_at_sync)``. This applies to all of them, Adam's second moment
-          included, and keeps one more copy of them in the state.
+          state_at_sync)``. The state keeps one copy of those parts; step
+          counts and hyperparameters are not copied and not touched.
+      sync_staging: how the sync is compiled. ``"cond"`` runs it under a
+        ``lax.cond``, so between syncs the step does no work on the slow
+        weights; XLA:CPU keeps donated buffers in place through it. ``"select"``
+        computes it every step and selects, which fuses into the inner
+        optimizer's kernel; XLA:GPU, which copies buffers a ``cond`` passes
+        through, is faster this way. ``"auto"`` (default) picks ``"cond"`` on
+        CPU and ``"select"`` elsewhere. Results are the same.
 
     Returns:
-      An optax ``GradientTransformationExtraArgs`` whose state is a
-      :class:`LookaheadState`. ``update`` needs ``params``.
+      A :class:`LookaheadTransformation` (an optax
+      ``GradientTransformationExtraArgs``) whose state is a
+      :class:`LookaheadState`. ``update`` needs ``params``. Its updates have the
+      params' dtype where that is wider than the inner updates' (float32 params
+      with bfloat16 gradients), so that a sync lands exactly on the slow
+      weights.
 
     Raises:
       TypeError: if ``inner`` is not an optax transformation.
-      ValueError: if ``sync_period`` is not an integer >= 1, ``slow_step_size`` is
-        not in (0, 1], or ``inner_state_on_sync`` is not one of the options.
+      ValueError: if ``sync_period`` is not an integer in ``[1, 2**30]``,
+        ``slow_step_size`` is not in (0, 1] (or is 0 in float32) and not a
+        schedule, or ``inner_state_on_sync`` or ``sync_staging`` is not one of
+        the options.
 
     Example:
       >>> import jax.numpy as jnp
@@ -146,198 +202,232 @@ def lookahead(
             "lookahead(inner, ...): inner must be an optax GradientTransformation"
             f" such as optax.adam(1e-3), got {inner!r}."
         )
-    _checks.check_sync_period(sync_period)
-    _checks.check_slow_step_size(slow_step_size)
     _checks.check_choice(
-        "inner_state_on_sync", inner_state_on_sync, INNER_STATE_ON_SYNC
+        "inner_state_on_sync", inner_state_on_sync, _checks.choices(InnerStateOnSync)
     )
-    inner = base.with_extra_args_support(inner)
+    _checks.check_choice("sync_staging", sync_staging, _checks.choices(SyncStaging))
+    config = LookaheadConfig(
+        inner=optax.with_extra_args_support(inner),
+        sync_period=_checks.check_sync_period(sync_period),
+        slow_step_size=_checks.check_slow_step_size(slow_step_size),
+        inner_state_on_sync=inner_state_on_sync,
+        sync_staging=sync_staging,
+    )
+    return LookaheadTransformation(config)
 
-    def init_fn(params):
-        inner_state = inner.init(params)
-        state = LookaheadState(
-            count=jnp.zeros([], jnp.int32),
-            # Distinct buffers, so that params and state can be donated together.
-            slow=jax.tree.map(jnp.copy, params),
-            inner_state=inner_state,
-            inner_state_at_sync=(
-                jax.tree.map(jnp.copy, inner_state)
-                if inner_state_on_sync == "pullback"
-                else None
-            ),
+
+def _init(config: LookaheadConfig, params) -> LookaheadState:
+    inner_state = config.inner.init(params)
+    mirrors = ()
+    if config.inner_state_on_sync == "pullback":
+        mirrors = jax.tree.map(
+            _copy, _state_tree.mirror_trees(config.inner, inner_state)
         )
-        return _replicate_scalars_on_params_mesh(state, params)
+    state = LookaheadState(
+        step=jnp.zeros([], jnp.int32),
+        # Distinct buffers, so that params and state can be donated together.
+        slow=jax.tree.map(_copy, params),
+        inner_state=inner_state,
+        mirrors_at_sync=mirrors,
+    )
+    return _state_tree.place_counters_like_params(state, params)
 
-    def synced_inner_state(inner_state, inner_state_at_sync, params):
-        """The inner state after a sync, as ``inner_state_on_sync`` asks."""
-        if inner_state_on_sync == "reset":
-            fresh = inner.init(params)
-            return (
-                map_param_mirrors(inner, lambda _, new, __: new, inner_state, fresh),
-                inner_state_at_sync,
-            )
-        if inner_state_on_sync == "pullback":
-            pulled = map_param_mirrors(
-                inner,
-                lambda now, before, _: _interpolate(before, now),
-                inner_state,
-                inner_state_at_sync,
-            )
-            return pulled, pulled
-        return inner_state, inner_state_at_sync
 
-    def sync_if_due(state, inner_state, params, output, sync_output):
-        """Runs the sync on sync steps; between syncs everything passes through.
+def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
+    """``tx.update``: the inner step, then the sync, as updates to apply."""
+    _check_step_inputs(updates, state, params)
+    _rows.refuse_sparse(updates, "lookahead(...).update", _SPARSE_FIX)
+    slow = _slow_from_first_params(config, state, params)
+    inner_updates, inner_state = config.inner.update(
+        updates, state.inner_state, params, **extra_args
+    )
+    _rows.refuse_sparse(inner_updates, "lookahead(...).update", _SPARSE_FIX)
+    inner_updates = jax.tree.map(_in_params_precision, inner_updates, params)
+    alpha = _slow_step_size(config, state.step)
 
-        ``output`` is what the step returns between syncs (the inner updates,
-        or the fast params); ``sync_output(output, slow)`` gives the new slow
-        weights and what the step returns at a sync instead.
-        """
-        is_sync = state.count % sync_period == sync_period - 1
-
-        def sync(output, slow, inner_state, inner_state_at_sync):
-            slow, output = sync_output(output, slow)
-            inner_state, inner_state_at_sync = synced_inner_state(
-                inner_state, inner_state_at_sync, params
-            )
-            return output, slow, inner_state, inner_state_at_sync
-
-        def no_sync(*operands):
-            return operands
-
-        def branch(*operands):
-            return jax.lax.cond(is_sync, sync, no_sync, *operands)
-
-        def select(*operands):
-            return jax.tree.map(
-                lambda synced, kept: jnp.where(is_sync, synced, kept),
-                sync(*operands),
-                operands,
-            )
-
-        if inner_state_on_sync == "keep":
-            # The inner state stays out of the sync: it never changes there,
-            # and routing it through a branch could only cost copies.
-            operands = (output, state.slow, None, None)
-        else:
-            operands = (output, state.slow, inner_state, state.inner_state_at_sync)
-        output, slow, synced_inner, inner_state_at_sync = _sync_strategy(
-            operands, branch, select
+    def sync(updates, slow, inner_state, mirrors):
+        fast = _rows.apply_sparse_updates(params, updates)
+        target = jax.tree.map(functools.partial(_interpolate, alpha), slow, fast)
+        if not _is_one(config.slow_step_size):
+            updates = jax.tree.map(_difference, target, params, updates)
+        # Exactly the params the user's apply_updates will produce.
+        slow = _rows.apply_sparse_updates(params, updates)
+        inner_state, mirrors = _synced_inner_state(
+            config, alpha, inner_state, mirrors, slow
         )
-        if inner_state_on_sync != "keep":
-            inner_state = synced_inner
-        new_state = LookaheadState(
-            count=optax.safe_increment(state.count),
-            slow=slow,
-            inner_state=inner_state,
-            inner_state_at_sync=inner_state_at_sync,
-        )
-        return output, new_state
+        return updates, slow, inner_state, mirrors
 
-    def update_fn(updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(base.NO_PARAMS_MSG)
-        inner_updates, inner_state = inner.update(
-            updates, state.inner_state, params, **extra_args
+    updates, slow, inner_state, mirrors = _sync_if_due(
+        config, state, sync, inner_updates, slow, inner_state
+    )
+    return updates, LookaheadState(
+        _next_step(config, state.step), slow, inner_state, mirrors
+    )
+
+
+def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_args):
+    """The fused step: apply the inner updates, then sync the params."""
+    _check_step_inputs(updates, state, params)
+    if not isinstance(config.inner, _rows.SparseTransformation):
+        _rows.refuse_sparse(updates, "lookahead's inner optimizer", _SPARSE_FIX)
+    slow = _slow_from_first_params(config, state, params)
+    inner_updates, inner_state = config.inner.update(
+        updates, state.inner_state, params, **extra_args
+    )
+    fast = _rows.apply_sparse_updates(params, inner_updates)
+    alpha = _slow_step_size(config, state.step)
+
+    def sync(fast, slow, inner_state, mirrors):
+        slow = jax.tree.map(functools.partial(_interpolate, alpha), slow, fast)
+        inner_state, mirrors = _synced_inner_state(
+            config, alpha, inner_state, mirrors, slow
         )
-        if any(map(is_sparse, jax.tree.leaves(inner_updates, is_leaf=is_sparse))):
+        return slow, slow, inner_state, mirrors
+
+    params, slow, inner_state, mirrors = _sync_if_due(
+        config, state, sync, fast, slow, inner_state
+    )
+    return params, LookaheadState(
+        _next_step(config, state.step), slow, inner_state, mirrors
+    )
+
+
+def _check_step_inputs(updates, state, params) -> None:
+    """Refuses params missing, or a tree that is not the one ``init`` saw."""
+    if params is None:
+        raise ValueError(_checks.NO_PARAMS_MSG)
+    if not isinstance(state, LookaheadState):
+        raise ValueError(
+            "lookahead: opt_state must be the LookaheadState that this"
+            f" transformation's init returned, got a {type(state).__name__}."
+        )
+    expected = jax.tree.structure(state.slow)
+    for name, tree in (("updates", updates), ("params", params)):
+        structure = jax.tree.structure(tree, is_leaf=_rows.is_sparse)
+        if structure != expected:
             raise ValueError(
-                "lookahead: the inner optimizer returned sparse (SparseRows)"
-                " updates, which a sync cannot return; use"
-                " optax_lookahead.update_and_apply(tx, params, opt_state, grads),"
-                " which applies them in place and syncs afterwards."
+                f"lookahead: the {name} do not have the tree structure the"
+                f" optimizer state was initialised with: got {structure}, expected"
+                f" {expected}. Initialise the optimizer state (tx.init) with the"
+                " params you train."
             )
-
-        def land_on_slow(inner_updates, slow):
-            new_slow = jax.tree.map(
-                _interpolate, slow, optax.apply_updates(params, inner_updates)
-            )
-            # new_slow - params, in the dtype the inner optimizer chose for updates.
-            landing = jax.tree.map(
-                lambda s, p, u: (_widen(s) - _widen(p)).astype(u.dtype),
-                new_slow,
-                params,
-                inner_updates,
-            )
-            return new_slow, landing
-
-        return sync_if_due(state, inner_state, params, inner_updates, land_on_slow)
-
-    def update_and_apply_fn(updates, state, params, **extra_args):
-        """The fused step: apply the inner updates, then sync the params."""
-        inner_updates, inner_state = inner.update(
-            updates, state.inner_state, params, **extra_args
-        )
-        fast = apply_sparse_updates(params, inner_updates)
-
-        def jump_to_slow(fast, slow):
-            new_slow = jax.tree.map(_interpolate, slow, fast)
-            return new_slow, new_slow
-
-        return sync_if_due(state, inner_state, params, fast, jump_to_slow)
-
-    def _interpolate(start, end):
-        """``start + slow_step_size * (end - start)``, in at least float32."""
-        if not jnp.issubdtype(start.dtype, jnp.inexact):
-            return end
-        step = jnp.asarray(slow_step_size, _widen(start).dtype)
-        return (_widen(start) + step * (_widen(end) - _widen(start))).astype(
-            start.dtype
-        )
-
-    transformation = LookaheadTransformation(init_fn, update_fn)
-    transformation.update_and_apply = update_and_apply_fn
-    return transformation
-
-
-# How the sync is staged out, per platform, as measured by
-# benchmarks/bench_step.py (BENCHMARKS.md). XLA:CPU keeps donated buffers in
-# place through a lax.cond whose other branch passes them through, so between
-# syncs the step does no work on the slow weights (about 1.2x adam, where a
-# select every step costs 2.3x). XLA:GPU copies every buffer a cond branch
-# passes through (1.6x on an H200), while a select fuses into the inner
-# optimizer's kernel (1.2x), so other platforms select. None picks per
-# platform; tests and benchmarks may force one.
-FORCE_SYNC_STRATEGY: Literal["branch", "select"] | None = None
-
-
-def _sync_strategy(operands, branch, select):
-    if FORCE_SYNC_STRATEGY == "branch":
-        return branch(*operands)
-    if FORCE_SYNC_STRATEGY == "select":
-        return select(*operands)
-    return jax.lax.platform_dependent(*operands, cpu=branch, default=select)
-
-
-def _replicate_scalars_on_params_mesh(state, params):
-    """Puts eagerly created step counters on the params' mesh, replicated.
-
-    ``jnp.zeros([])`` lands on one device, while a jitted step returns the
-    counter replicated over the mesh, so the second step would see a new input
-    sharding and trace and compile again. When the params all live on one
-    mesh, the counters (of the inner optimizer too) start out replicated on it.
-    """
-    shardings = [
-        leaf.sharding
-        for leaf in jax.tree.leaves(params)
-        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
-    ]
-    meshes = {getattr(s, "mesh", None) for s in shardings}
-    if not shardings or len(meshes) != 1 or None in meshes:
-        return state
-    replicated = NamedSharding(meshes.pop(), PartitionSpec())
-
-    def place(leaf):
-        if (
-            isinstance(leaf, jax.Array)
-            and not isinstance(leaf, jax.core.Tracer)
-            and leaf.ndim == 0
-            and isinstance(leaf.sharding, SingleDeviceSharding)
+        for path, leaf, slow in zip(
+            *_paths_and_leaves(tree), jax.tree.leaves(state.slow), strict=True
         ):
-            return jax.device_put(leaf, replicated)
-        return leaf
+            shape, want = jnp.shape(leaf), jnp.shape(slow)
+            if _rows.is_sparse(leaf):  # checked row by row where it is applied
+                shape, want = leaf.values.shape[1:], want[1:]
+            if shape != want:
+                raise ValueError(
+                    f"lookahead: {name}{jax.tree_util.keystr(path)} has shape"
+                    f" {shape}, but the optimizer state was initialised for shape"
+                    f" {want}. Initialise the optimizer state (tx.init) with the"
+                    " params you train."
+                )
 
-    return jax.tree.map(place, state)
+
+def _slow_from_first_params(config: LookaheadConfig, state, params):
+    """The slow weights; at the first update, the params as they are now."""
+
+    def take_params(slow):
+        return (
+            jax.tree.map(lambda p, s: jnp.asarray(p).astype(s.dtype), params, slow),
+        )
+
+    (slow,) = _run_if(config, state.step == 0, take_params, state.slow)
+    return slow
+
+
+def _sync_if_due(config: LookaheadConfig, state, sync, output, slow, inner_state):
+    """Runs ``sync`` on sync steps; between syncs its operands pass through.
+
+    With ``inner_state_on_sync="keep"`` the inner state stays out of the staged
+    sync: it never changes there, and routing it through a branch could only
+    cost copies.
+    """
+    is_sync = state.step % config.sync_period == config.sync_period - 1
+    if config.inner_state_on_sync == "keep":
+        output, slow, _, _ = _run_if(config, is_sync, sync, output, slow, None, ())
+        return output, slow, inner_state, state.mirrors_at_sync
+    return _run_if(
+        config, is_sync, sync, output, slow, inner_state, state.mirrors_at_sync
+    )
+
+
+def _synced_inner_state(config: LookaheadConfig, alpha, inner_state, mirrors, slow):
+    """The inner state and pullback mirrors after a sync, as the option asks."""
+    if config.inner_state_on_sync == "reset":
+        fresh = config.inner.init(slow)
+        return _state_tree.restart_keeping_schedules(inner_state, fresh), mirrors
+    if config.inner_state_on_sync == "pullback":
+        now = _state_tree.mirror_trees(config.inner, inner_state)
+        pulled = jax.tree.map(functools.partial(_interpolate, alpha), mirrors, now)
+        return _state_tree.with_mirror_trees(config.inner, inner_state, pulled), pulled
+    return inner_state, mirrors
+
+
+def _run_if(config: LookaheadConfig, pred, fn, *operands):
+    """``fn(*operands)`` if ``pred`` else ``operands``, staged as configured."""
+
+    def cond(*operands):
+        return jax.lax.cond(pred, fn, lambda *kept: kept, *operands)
+
+    def select(*operands):
+        return jax.tree.map(
+            lambda new, kept: jnp.where(pred, new, kept), fn(*operands), operands
+        )
+
+    if config.sync_staging == "cond":
+        return cond(*operands)
+    if config.sync_staging == "select":
+        return select(*operands)
+    return jax.lax.platform_dependent(*operands, cpu=cond, default=select)
+
+
+def _next_step(config: LookaheadConfig, step):
+    """``step + 1``, wrapping from a multiple of the period back to the period."""
+    wrap = _INT32_MAX // config.sync_period * config.sync_period
+    following = step + 1
+    return jnp.where(following == wrap, config.sync_period, following).astype(jnp.int32)
+
+
+def _slow_step_size(config: LookaheadConfig, step):
+    if callable(config.slow_step_size):
+        return config.slow_step_size(step)
+    return config.slow_step_size
+
+
+def _interpolate(alpha, start, end):
+    """``start + alpha * (end - start)`` in at least float32, in start's dtype."""
+    start = jnp.asarray(start)
+    if not jnp.issubdtype(start.dtype, jnp.inexact):
+        return jnp.asarray(end).astype(start.dtype)
+    if _is_one(alpha):
+        return jnp.asarray(end).astype(start.dtype)
+    wide_start, wide_end = _widen(start), _widen(jnp.asarray(end))
+    alpha = jnp.asarray(alpha).astype(wide_start.dtype)
+    return (wide_start + alpha * (wide_end - wide_start)).astype(start.dtype)
+
+
+def _difference(target, param, update):
+    """``target - param`` (the update that lands there), in the update's dtype."""
+    target, param = jnp.asarray(target), jnp.asarray(param)
+    if not jnp.issubdtype(param.dtype, jnp.inexact):
+        return (target - param).astype(update.dtype)
+    return (_widen(target) - _widen(param)).astype(update.dtype)
+
+
+def _in_params_precision(update, param):
+    """A floating update, widened to its param's dtype where that is wider."""
+    update, param = jnp.asarray(update), jnp.asarray(param)
+    if not (
+        jnp.issubdtype(update.dtype, jnp.floating)
+        and jnp.issubdtype(param.dtype, jnp.floating)
+    ):
+        return update
+    if jnp.finfo(param.dtype).bits > jnp.finfo(update.dtype).bits:
+        return update.astype(param.dtype)
+    return update
 
 
 def _widen(x: jax.Array) -> jax.Array:
@@ -346,3 +436,20 @@ def _widen(x: jax.Array) -> jax.Array:
     if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
         return x.astype(jnp.float32)
     return x
+
+
+def _is_one(alpha) -> bool:
+    """Whether ``alpha`` is concretely 1 (then a sync lands on the fast weights)."""
+    return not callable(alpha) and _checks.concrete_value(alpha) == 1
+
+
+def _copy(leaf):
+    """A new buffer like ``leaf``; zeros for an abstract ``jax.ShapeDtypeStruct``."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jnp.zeros(leaf.shape, leaf.dtype, device=leaf.sharding)
+    return jnp.array(leaf, copy=True)
+
+
+def _paths_and_leaves(tree):
+    flat = jax.tree_util.tree_leaves_with_path(tree, is_leaf=_rows.is_sparse)
+    return [path for path, _ in flat], [leaf for _, leaf in flat]

@@ -1,33 +1,74 @@
-"""Which rows of an embedding table were sampled in this batch.
+"""Rows of embedding tables, and the ids that name them.
 
-The one place that decides what "sampled" means, for detection from the
-gradient and for rows given explicitly by the caller.
+Everything the library knows about rows lives here: which rows count as sampled
+(detected from the gradient, or given as ids or flags), the padding rule for
+ids, broadcasting a per-row flag over a table, and :class:`SparseRows`, the
+gradient of a lookup held as the looked-up rows only, with the gather, scatter
+and apply helpers that keep its cost proportional to those rows.
+
+The padding rule, in one place (:func:`clean_ids`): an id outside
+``[0, rows of the table)`` names no row. It is dropped wherever ids are used,
+so a fixed-size id buffer can be padded with ``-1`` (or any out-of-range id).
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from optax_lookahead import _checks
+
+
+def clean_ids(ids: jax.Array, num_rows: int, argument: str = "ids") -> jax.Array:
+    """The padding rule: int32 row ids, with every id outside the table moved out.
+
+    Ids outside ``[0, num_rows)`` (``-1`` padding, ids past the end) become
+    ``num_rows``, which ``mode="drop"`` scatters drop and ``mode="fill"``
+    gathers fill; a negative id would otherwise wrap around to the end of the
+    table under JAX's indexing. The comparison happens in the ids' own dtype,
+    before the cast, so an int64 id past the int32 range never wraps into the
+    table, and int8 ids with ``-1`` padding work for tables of any size.
+
+    Args:
+      ids: an integer array of any shape.
+      num_rows: the number of rows of the table the ids index.
+      argument: the argument's name, for the error message.
+
+    Returns:
+      int32 ids of the same shape.
+    """
+    ids = jnp.asarray(ids)
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(
+            f"{argument} must be integer row ids, got dtype {ids.dtype}. Cast them"
+            " with ids.astype(jnp.int32); use -1 for padding."
+        )
+    inside = ids >= 0
+    if num_rows <= jnp.iinfo(ids.dtype).max:
+        inside = inside & (ids < jnp.asarray(num_rows, ids.dtype))
+    return jnp.where(inside, ids.astype(jnp.int32), jnp.int32(num_rows))
 
 
 def detect_sampled_rows(grad: jax.Array) -> jax.Array:
-    """Returns a bool vector: True for each row of ``grad`` that is not all zero.
+    """A bool per row of ``grad`` (rows along axis 0): True where it is not all zero.
 
     ``sum(abs(g)) != 0`` was measured as the cheapest test that is also right at
     the edges: a row holding a NaN sums to NaN, which is ``!= 0``, so it counts as
     sampled and the NaN stays visible; tiny values (1e-30) do not underflow as
     they would in ``sum(g * g)``; and no table-size boolean temporary is built,
-    as ``any(g != 0)`` would.
+    as ``any(g != 0)`` would. A 1-D table has one element per row.
     """
     return jnp.sum(jnp.abs(grad), axis=tuple(range(1, grad.ndim))) != 0
 
 
-def given_sampled_rows(sampled: jax.Array, num_rows: int, where: str) -> jax.Array:
-    """Turns a caller's row mask or row ids into a bool vector of ``num_rows``.
+def given_sampled_rows(sampled, num_rows: int, where: str) -> jax.Array:
+    """Turns a caller's row flags or row ids into a bool vector of ``num_rows``.
 
     Args:
       sampled: a bool vector of length ``num_rows`` (True = sampled), or an
-        integer array of row ids of any shape. Ids outside ``[0, num_rows)``,
-        negative ones included, are ignored, so a fixed-size id buffer can be
-        padded with ``-1``. Repeated ids are fine.
+        integer array of row ids of any shape (padding and repeats allowed,
+        see :func:`clean_ids`).
       num_rows: the table's number of rows.
       where: the tree path of the table, for error messages.
 
@@ -42,18 +83,305 @@ def given_sampled_rows(sampled: jax.Array, num_rows: int, where: str) -> jax.Arr
                 f" ({num_rows},), one flag per row, got shape {sampled.shape}."
             )
         return sampled
-    if not jnp.issubdtype(sampled.dtype, jnp.integer):
-        raise TypeError(
-            f"sampled_rows for {where}: expected a boolean row mask or an integer"
-            f" array of row ids, got dtype {sampled.dtype}."
-        )
-    ids = sampled.reshape(-1)
-    # Negative ids would wrap around to the end of the table in JAX indexing;
-    # send them out of range instead, where mode="drop" ignores them.
-    ids = jnp.where(ids < 0, num_rows, ids)
+    ids = clean_ids(sampled, num_rows, f"sampled_rows for {where}").reshape(-1)
     return jnp.zeros((num_rows,), jnp.bool_).at[ids].set(True, mode="drop")
 
 
+def combine_across(flags: jax.Array, axis_name) -> jax.Array:
+    """ORs per-row flags over the named mapped axes (one all-reduce), if any."""
+    if axis_name is None:
+        return flags
+    # pmax over int32: one all-reduce of a row vector, on every backend.
+    return jax.lax.pmax(flags.astype(jnp.int32), axis_name) > 0
+
+
 def broadcast_rows(rows: jax.Array, like: jax.Array) -> jax.Array:
-    """Reshapes a row vector so it broadcasts against ``like`` along axis 0."""
+    """Reshapes a per-row vector so it broadcasts against ``like`` along axis 0."""
     return rows.reshape(rows.shape + (1,) * (like.ndim - 1))
+
+
+def _refuse_dense_use(self, *_):
+    raise TypeError(
+        "A SparseRows is not an array: it holds some rows of a table (a sparse"
+        " gradient or update), so dense code cannot add, scale or convert it."
+        " Give it to sparse_lazy(...) and apply the result with"
+        " optax_lookahead.update_and_apply(tx, params, opt_state, grads) or"
+        " apply_sparse_updates(params, updates). Transformations that must see"
+        " it (clipping, scaling) go inside: sparse_lazy(optax.chain(...)); it"
+        " does not work with optax.apply_updates, optax.MultiSteps or"
+        " nnx.Optimizer."
+    )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class SparseRows:
+    """Some rows of a table: a sparse gradient, or a sparse update.
+
+    Stands for the dense table ``zeros(num_rows, ...).at[ids].add(values)``: ids
+    outside ``[0, num_rows)`` (padding) are dropped and repeated ids add up.
+    :func:`sparse_rows` builds it from an embedding lookup's gradient, with each
+    row once; :func:`sparse_lazy` accepts any valid ``SparseRows``.
+
+    A pytree (``ids`` and ``values`` are its leaves, ``num_rows`` is static), so
+    it passes through ``jax.jit``, ``pmap`` and ``shard_map``. It refuses to act
+    as an array: dense code (``optax.apply_updates``, ``optax.MultiSteps``, a
+    transformation placed before ``sparse_lazy``) gets a clear error instead of
+    silently reading the ids as numbers.
+
+    Attributes:
+      ids: integer row ids, a vector.
+      values: one row per id, shape ``ids.shape + table.shape[1:]``.
+      num_rows: the number of rows of the table these rows belong to, checked
+        against the table where the rows are used; ``None`` if unknown.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_lookahead import SparseRows, apply_sparse_updates
+      >>> ids = jnp.array([2, 0, 2, -1])  # -1 is padding; 2 comes twice
+      >>> update = SparseRows(ids, jnp.ones((4, 2)), num_rows=3)
+      >>> apply_sparse_updates(jnp.zeros((3, 2)), update)
+      Array([[1., 1.],
+             [0., 0.],
+             [2., 2.]], dtype=float32)
+    """
+
+    ids: jax.Array
+    values: jax.Array
+    num_rows: int | None = dataclasses.field(default=None, metadata={"static": True})
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse_dense_use
+    __truediv__ = __rtruediv__ = __neg__ = __array__ = __jax_array__ = _refuse_dense_use
+
+    def __post_init__(self):
+        if self.num_rows is not None:
+            _checks.check_count("SparseRows(num_rows=...)", self.num_rows)
+
+
+class SparseTransformation(optax.GradientTransformationExtraArgs):
+    """A transformation that takes :class:`SparseRows` gradients (sparse_lazy)."""
+
+
+def is_sparse(x) -> bool:
+    return isinstance(x, SparseRows)
+
+
+def has_sparse(tree) -> bool:
+    return any(map(is_sparse, jax.tree.leaves(tree, is_leaf=is_sparse)))
+
+
+def refuse_sparse(tree, who: str, fix: str) -> None:
+    """Raises a clear error if ``tree`` holds a :class:`SparseRows`."""
+    if has_sparse(tree):
+        raise ValueError(
+            f"{who} got a SparseRows gradient, which it cannot take. {fix}"
+        )
+
+
+def checked_rows(rows: SparseRows, table, where: str) -> SparseRows:
+    """``rows`` with checked shapes and clean ids, for a table like ``table``."""
+    num_rows = table.shape[0] if table.ndim else None
+    if num_rows is None or rows.values.shape[1:] != table.shape[1:]:
+        raise ValueError(
+            f"{where}: SparseRows with rows of shape {rows.values.shape[1:]} do not"
+            f" fit a table of shape {table.shape}; values must have shape"
+            " ids.shape + table.shape[1:]."
+        )
+    if rows.num_rows is not None and rows.num_rows != num_rows:
+        raise ValueError(
+            f"{where}: SparseRows built with num_rows={rows.num_rows} for a table"
+            f" of {num_rows} rows; pass num_rows={num_rows} to sparse_rows. (With"
+            " the wrong count, padding ids could name real rows.)"
+        )
+    if rows.ids.ndim != 1 or rows.values.shape[:1] != rows.ids.shape:
+        raise ValueError(
+            f"{where}: SparseRows must hold a vector of ids and one row per id;"
+            f" got ids of shape {rows.ids.shape} and values of shape"
+            f" {rows.values.shape}. Build them with sparse_rows(ids, row_grads,"
+            " num_rows)."
+        )
+    ids = clean_ids(rows.ids, num_rows, f"{where}: SparseRows.ids")
+    return SparseRows(ids, rows.values, num_rows)
+
+
+def coalesce(rows: SparseRows, num_rows: int) -> SparseRows:
+    """Each row once: repeated ids summed, padding slots last with a zero row.
+
+    The result keeps the number of slots (jit-friendly); unused slots get the
+    id ``num_rows`` (outside the table) and a zero row.
+    """
+    size = rows.ids.shape[0]
+    ids = clean_ids(rows.ids, num_rows)
+    unique, slot = jnp.unique(ids, size=size, fill_value=num_rows, return_inverse=True)
+    summed = jax.ops.segment_sum(rows.values, slot.reshape(size), num_segments=size)
+    inside = broadcast_rows(unique < num_rows, summed)
+    return SparseRows(unique, jnp.where(inside, summed, 0), num_rows)
+
+
+def sparse_rows(ids, row_grads, num_rows: int) -> SparseRows:
+    """The gradient of an embedding lookup, as one summed row per distinct id.
+
+    A batch may look up the same row many times; an optimizer must see each row
+    once, with the sum of its gradients, as the dense gradient would hold it.
+    The result has a fixed size (one slot per entry of ``ids``), so it is
+    jit-friendly: unused slots get an id outside the table and a zero row.
+
+    Args:
+      ids: integer array of looked-up row ids, any shape. Ids outside
+        ``[0, num_rows)``, such as ``-1`` padding, are dropped.
+      row_grads: gradient of the loss with respect to each looked-up row, shape
+        ``ids.shape + row_shape``.
+      num_rows: the number of rows of the table (checked against the table when
+        the rows are used).
+
+    Returns:
+      A :class:`SparseRows` with ``ids.size`` slots.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_lookahead import sparse_rows
+      >>> rows = sparse_rows(jnp.array([3, 1, 3, -1]), jnp.ones((4, 2)), num_rows=5)
+      >>> rows.ids
+      Array([1, 3, 5, 5], dtype=int32)
+      >>> rows.values
+      Array([[1., 1.],
+             [2., 2.],
+             [0., 0.],
+             [0., 0.]], dtype=float32)
+    """
+    _checks.check_count("sparse_rows(num_rows=...)", num_rows)
+    ids = clean_ids(ids, num_rows, "sparse_rows(ids=...)")
+    row_grads = jnp.asarray(row_grads)
+    if row_grads.shape[: ids.ndim] != ids.shape:
+        raise ValueError(
+            "sparse_rows: row_grads must have shape ids.shape + row_shape;"
+            f" got ids of shape {ids.shape} and row_grads of shape"
+            f" {row_grads.shape}."
+        )
+    flat = SparseRows(
+        ids.reshape(-1),
+        row_grads.reshape((ids.size,) + row_grads.shape[ids.ndim :]),
+        num_rows,
+    )
+    return coalesce(flat, num_rows)
+
+
+def gather_rows(table: jax.Array, ids) -> jax.Array:
+    """``table[ids]``, with a zero row for every id outside the table.
+
+    Args:
+      table: the table, rows along axis 0.
+      ids: integer row ids of any shape; ``-1`` and other ids outside the table
+        read a zero row.
+
+    Returns:
+      An array of shape ``ids.shape + table.shape[1:]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_lookahead import gather_rows
+      >>> gather_rows(jnp.arange(6.0).reshape(3, 2), jnp.array([2, -1, 3]))
+      Array([[4., 5.],
+             [0., 0.],
+             [0., 0.]], dtype=float32)
+    """
+    ids = clean_ids(ids, table.shape[0], "gather_rows(ids=...)")
+    out_sharding = _gather_sharding(ids, table)
+    if out_sharding is None:  # jax versions without explicit meshes lack the kwarg
+        return table.at[ids].get(mode="fill", fill_value=0)
+    return table.at[ids].get(mode="fill", fill_value=0, out_sharding=out_sharding)
+
+
+def scatter_rows(table: jax.Array, ids: jax.Array, rows: jax.Array) -> jax.Array:
+    """``table`` with ``table[ids] = rows``; ids outside the table are dropped."""
+    ids = clean_ids(ids, table.shape[0])
+    return table.at[ids].set(rows.astype(table.dtype), mode="drop")
+
+
+def apply_sparse_updates(params, updates):
+    """``optax.apply_updates`` that also applies :class:`SparseRows` leaves.
+
+    A sparse leaf adds its rows in place (``param.at[ids].add``; padding ids
+    dropped, repeated ids added up), so under ``jax.jit`` with the params
+    donated the cost follows the number of rows, not the size of the table.
+    Dense leaves are applied as ``optax.apply_updates`` does.
+
+    Args:
+      params: the params.
+      updates: updates with the params' structure, where a leaf may be a
+        :class:`SparseRows` for a table.
+
+    Returns:
+      The updated params, each in its own dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_lookahead import apply_sparse_updates, sparse_rows
+      >>> params = {"table": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}
+      >>> rows = sparse_rows(jnp.array([1, -1]), jnp.ones((2, 2)), num_rows=4)
+      >>> new = apply_sparse_updates(params, {"table": rows, "bias": jnp.ones(2)})
+      >>> new["table"]  # the -1 was padding
+      Array([[0., 0.],
+             [1., 1.],
+             [0., 0.],
+             [0., 0.]], dtype=float32)
+    """
+    if params is None:
+        raise ValueError(
+            "apply_sparse_updates(params, updates): params is None; pass the"
+            " params the updates apply to."
+        )
+
+    def apply(path, update, param):
+        if param is None:
+            return None
+        if is_sparse(update):
+            rows = checked_rows(update, param, jax.tree_util.keystr(path))
+            return param.at[rows.ids].add(rows.values.astype(param.dtype), mode="drop")
+        return add_update(param, update)
+
+    try:
+        return jax.tree_util.tree_map_with_path(
+            apply, updates, params, is_leaf=lambda x: x is None or is_sparse(x)
+        )
+    except ValueError as error:
+        if "tree" not in str(error).lower():
+            raise
+        raise ValueError(
+            "apply_sparse_updates: updates and params must have the same tree"
+            f" structure: {error}"
+        ) from None
+
+
+def add_update(param, update) -> jax.Array:
+    """``param + update`` in ``param``'s dtype, as ``optax.apply_updates`` does.
+
+    The sum is taken in the dtype standard promotion would choose (float32 for
+    bfloat16 + float16), so the result is the same bits as
+    ``optax.apply_updates`` gives, also under strict dtype promotion.
+    """
+    param, update = jnp.asarray(param), jnp.asarray(update)
+    if param.dtype != update.dtype and all(
+        jnp.issubdtype(x.dtype, jnp.floating) for x in (param, update)
+    ):
+        bits = max(jnp.finfo(param.dtype).bits, jnp.finfo(update.dtype).bits)
+        wide = jnp.float32 if bits <= 32 else jnp.float64
+        return (param.astype(wide) + update.astype(wide)).astype(param.dtype)
+    return (param + update).astype(param.dtype)
+
+
+def _gather_sharding(ids, table):
+    """The rows' sharding for a gather on an explicit-axes mesh, else ``None``.
+
+    There JAX cannot choose the result's sharding of a gather from a row-sharded
+    table; the rows follow the ids (usually replicated) and keep the table's
+    columns whole. Elsewhere JAX chooses, and ``None`` says so.
+    """
+    sharding = getattr(jax.typeof(ids), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    explicit = getattr(jax.sharding, "AxisType", None)
+    axis_types = getattr(mesh, "axis_types", ())
+    if explicit is None or explicit.Explicit not in tuple(axis_types):
+        return None
+    spec = tuple(sharding.spec) + (None,) * (ids.ndim - len(sharding.spec))
+    return jax.sharding.PartitionSpec(*spec, *(None,) * (table.ndim - 1))

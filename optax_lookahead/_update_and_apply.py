@@ -1,19 +1,20 @@
-"""The fused lookahead step, for training loops that apply updates themselves."""
+"""One call for a whole optimizer step: the fused lookahead step, sparse rows."""
+
+import warnings
 
 import optax
-from optax._src import base
 
+from optax_lookahead import _lookahead_in_tree, _rows
 from optax_lookahead._lookahead import LookaheadTransformation
-from optax_lookahead._sparse_rows import apply_sparse_updates
 
 
 def update_and_apply(
     tx: optax.GradientTransformation,
-    params: base.Params,
-    opt_state: base.OptState,
-    grads: base.Updates,
+    params: optax.Params,
+    opt_state: optax.OptState,
+    grads: optax.Updates,
     **extra_args,
-) -> tuple[base.Params, base.OptState]:
+) -> tuple[optax.Params, optax.OptState]:
     """``tx.update`` then ``optax.apply_updates``, with the lookahead sync after.
 
     Gives the same params and state as::
@@ -23,21 +24,21 @@ def update_and_apply(
 
     (up to one rounding of the params at a sync), but faster when ``tx`` is a
     :func:`lookahead`: the inner updates are applied first and the sync runs
-    afterwards, on the params and slow weights only, under a ``lax.cond`` whose
-    other branch passes both through. A transformation must hand its updates to
-    ``apply_updates``, so the plain ``tx.update`` writes the inner updates to
-    memory and reads them back on every step; here XLA fuses the inner step
-    with the apply, as it does for ``optax.adam`` alone. With ``params`` and
-    ``opt_state`` donated, the non-sync step moves no more memory than the
-    inner optimizer's.
+    afterwards, on the params and slow weights only. A transformation must hand
+    its updates to ``apply_updates``, so the plain ``tx.update`` writes the
+    inner updates to memory and reads them back on every step; here XLA fuses
+    the inner step with the apply, as it does for ``optax.adam`` alone. With
+    ``params`` and ``opt_state`` donated, the non-sync step moves no more
+    memory than the inner optimizer's.
 
     Updates given as :class:`SparseRows` (from :func:`sparse_lazy`) are added
-    in place, row by row. For any other ``tx`` (including a chain that holds a
-    lookahead inside) this runs the two lines above; to get the fused step, put
-    the lookahead outermost, e.g.
+    in place, row by row. For any other ``tx`` this runs the two lines above.
+    A lookahead inside another transformation (a chain, ``inject_hyperparams``)
+    cannot be fused, and a ``UserWarning`` says so at trace time: put the
+    lookahead outermost, e.g.
     ``lookahead(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)))``
-    rather than the chain around it: the results are the
-    same, since the sync does not look at the gradients.
+    rather than the chain around it; the results are the same, since the sync
+    does not look at the gradients.
 
     The arguments come in the order of the results, ``(params, opt_state)``,
     so that jitting this function with ``donate_argnums`` lets each donated
@@ -48,7 +49,8 @@ def update_and_apply(
       tx: the optimizer, ideally a :func:`lookahead`.
       params: the current params.
       opt_state: ``tx``'s state.
-      grads: the gradients, with the params' structure.
+      grads: the gradients, with the params' structure (a leaf may be a
+        :class:`SparseRows` for :func:`sparse_lazy`).
       **extra_args: forwarded to ``tx``'s update.
 
     Returns:
@@ -68,7 +70,21 @@ def update_and_apply(
       >>> params, slow_params(state)
       (Array([3.], dtype=float32), Array([3.], dtype=float32))
     """
+    if params is None:
+        raise ValueError(
+            "update_and_apply(tx, params, opt_state, grads): params is None; the"
+            " arguments are in the order of the results, params first."
+        )
     if isinstance(tx, LookaheadTransformation):
         return tx.update_and_apply(grads, opt_state, params, **extra_args)
+    if _lookahead_in_tree.lookahead_states(opt_state):
+        warnings.warn(
+            "update_and_apply: tx holds a lookahead inside another transformation"
+            " (a chain or a wrapper), so the fused step cannot be used and this"
+            " runs tx.update then the apply (same results, the plain step's"
+            " cost). Put the lookahead outermost:"
+            " lookahead(optax.chain(...)).",
+            stacklevel=2,
+        )
     updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
-    return apply_sparse_updates(params, updates), opt_state
+    return _rows.apply_sparse_updates(params, updates), opt_state

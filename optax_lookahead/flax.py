@@ -1,58 +1,134 @@
-"""Evaluating Flax models on the slow weights.
+"""Flax helpers: slow-weight evaluation, the fused train state, sparse embeddings.
 
 Both Flax APIs use ``lookahead`` and ``lazy_mask`` unchanged: linen's
 ``TrainState.apply_gradients`` and ``nnx.Optimizer.update`` call
 ``tx.update(grads, opt_state, params)``. What they cannot do on their own is
-put the slow weights into a model for evaluation; these two helpers do, without
-copying any array. This module imports Flax; the rest of the package does not.
+put the slow weights into a model for evaluation (:func:`slow_train_state`,
+:func:`slow_model`, without copying any array), run the fused step
+(:class:`LookaheadTrainState`), or take an embedding's gradient as its
+looked-up rows (:class:`SparseEmbed`, :func:`sparse_embed_grads`). This module
+imports Flax (``pip install 'optax_lookahead[flax]'``); the rest of the package
+does not.
 """
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
-from flax import nnx
-from flax.training import train_state as linen_train_state
 
-from optax_lookahead._slow_params import slow_params
-from optax_lookahead._sparse_rows import gather_rows, sparse_rows
+try:
+    from flax import linen as nn
+    from flax import nnx
+    from flax.training import train_state as linen_train_state
+except ImportError as error:  # pragma: no cover - exercised without flax
+    raise ImportError(
+        "optax_lookahead.flax needs Flax: pip install 'optax_lookahead[flax]'."
+    ) from error
+
+from optax_lookahead._lookahead_in_tree import slow_params
+from optax_lookahead._rows import gather_rows, sparse_rows
 from optax_lookahead._update_and_apply import update_and_apply
+
+__all__ = (
+    "LookaheadTrainState",
+    "SparseEmbed",
+    "slow_model",
+    "slow_train_state",
+    "sparse_embed_grads",
+)
 
 
 class SparseEmbed(nn.Embed):
     """``nn.Embed`` whose gradient can be taken as the looked-up rows only.
 
-    The same parameter (``embedding``) and the same output as ``nn.Embed``, but
-    the table is read through ``stop_gradient`` and the looked-up rows pass
+    The same parameter (``embedding``), attributes and output as ``nn.Embed``,
+    but the table is read through ``stop_gradient`` and the looked-up rows pass
     through ``self.perturb("rows", ...)``: differentiate with respect to the
     ``perturbations`` collection to get one gradient row per looked-up id, and
     turn those into :class:`~optax_lookahead.SparseRows` with
     :func:`sparse_embed_grads`, for :func:`~optax_lookahead.sparse_lazy`. No
     table-size gradient is built. Ids outside the table (padding) give zero
-    rows.
+    rows and no gradient.
+
+    Two things a dense ``nn.Embed`` allows cannot be served this way, and are
+    refused with a ``ValueError`` instead of giving a wrong gradient:
+
+    - ``attend`` (weight tying): it gives every row of the table a gradient, so
+      the gradient is dense; use ``nn.Embed`` with ``lazy_mask`` for tied
+      tables.
+    - calling one ``SparseEmbed`` more than once per step (found at ``init``):
+      the calls would share one perturbation. Look up the concatenated ids in
+      one call and split the result.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> from optax_lookahead import sparse_lazy, update_and_apply
+      >>> from optax_lookahead.flax import SparseEmbed, sparse_embed_grads
+      >>> model = SparseEmbed(num_embeddings=10, features=2)
+      >>> ids = jnp.array([[3, 3, -1]])  # -1 is padding
+      >>> variables = model.init(jax.random.key(0), ids)
+      >>> params, perturbations = variables["params"], variables["perturbations"]
+      >>> def loss(params, perturbations):
+      ...     variables = {"params": params, "perturbations": perturbations}
+      ...     return model.apply(variables, ids).sum()
+      >>> grads, row_grads = jax.grad(loss, argnums=(0, 1))(params, perturbations)
+      >>> grads = sparse_embed_grads(grads, row_grads, ids)
+      >>> grads["embedding"].ids, grads["embedding"].values
+      (Array([ 3, 10, 10], dtype=int32), Array([[2., 2.],
+             [0., 0.],
+             [0., 0.]], dtype=float32))
+      >>> tx = sparse_lazy(optax.adam(1e-3))
+      >>> params, state = update_and_apply(tx, params, tx.init(params), grads)
     """
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError(f"SparseEmbed: ids must be integers, got {inputs.dtype}.")
+        if self.is_initializing() and self.has_variable("perturbations", "rows"):
+            raise ValueError(
+                f"SparseEmbed {self.name!r} is called more than once: its calls"
+                " would share one perturbation, and the row gradients could not"
+                " be told apart. Look up all ids in one call (concatenate them)"
+                " and split the result."
+            )
         rows = gather_rows(jax.lax.stop_gradient(self.embedding), inputs)
         return self.perturb("rows", rows.astype(self.dtype or rows.dtype))
+
+    def attend(self, query: jax.Array) -> jax.Array:
+        raise ValueError(
+            "SparseEmbed.attend (weight tying) gives every row of the table a"
+            " gradient, which a sparse gradient of looked-up rows cannot hold."
+            " Use flax.linen.Embed for a tied table, with lazy_mask(...) if its"
+            " rows should be lazy."
+        )
 
 
 def sparse_embed_grads(grads, perturbation_grads, ids):
     """Puts the sparse gradient of every :class:`SparseEmbed` into ``grads``.
 
+    Each ``SparseEmbed``'s ``embedding`` gradient is replaced by a
+    :class:`~optax_lookahead.SparseRows` built from its row gradients and the
+    ids it looked up (repeats summed, padding dropped). The dense gradient it
+    replaces is zero, since a ``SparseEmbed`` reads its table through
+    ``stop_gradient``; do not read the table elsewhere in the model.
+
     Args:
-      grads: the gradient with respect to the params (each ``SparseEmbed``'s
-        ``embedding`` entry is replaced; its dense zeros are never used, so XLA
-        drops them under ``jit``).
+      grads: the gradient with respect to the params.
       perturbation_grads: the gradient with respect to the ``perturbations``
         collection, with one ``rows`` entry per ``SparseEmbed``.
       ids: the ids each ``SparseEmbed`` looked up: one array for all of them,
-        or a dict from the module's path (a tuple of names, as in the params)
-        to its ids.
+        or a dict from the module's path (a tuple of names, as in the params,
+        e.g. ``("Embed_0",)``) to its ids.
 
     Returns:
       ``grads`` with a :class:`~optax_lookahead.SparseRows` for each table.
+
+    Raises:
+      ValueError: if a perturbation gradient has no ``embedding`` gradient
+        beside it, or the ids do not match the looked-up rows' shape.
+
+    Example:
+      See :class:`SparseEmbed`.
     """
     row_grads = {
         _names(path)[:-1]: leaf
@@ -66,8 +142,15 @@ def sparse_embed_grads(grads, perturbation_grads, ids):
         if _names(path)[-1:] != ("embedding",) or module not in row_grads:
             return leaf
         found.add(module)
-        module_ids = ids[module] if isinstance(ids, dict) else ids
-        return sparse_rows(module_ids, row_grads[module], num_rows=leaf.shape[0])
+        module_ids = jnp.asarray(ids[module] if isinstance(ids, dict) else ids)
+        rows = row_grads[module]
+        if rows.shape[: module_ids.ndim] != module_ids.shape:
+            raise ValueError(
+                f"sparse_embed_grads: the ids for {'/'.join(module)} have shape"
+                f" {module_ids.shape}, but the module looked up rows of shape"
+                f" {rows.shape}; pass the ids it was called with."
+            )
+        return sparse_rows(module_ids, rows, num_rows=leaf.shape[0])
 
     grads = jax.tree_util.tree_map_with_path(swap, grads)
     if missing := set(row_grads) - found:
@@ -80,7 +163,7 @@ def sparse_embed_grads(grads, perturbation_grads, ids):
 
 def _names(path) -> tuple:
     """A key path as plain names: ``('Embed_0', 'embedding')``."""
-    return tuple(getattr(key, "key", key) for key in path)
+    return tuple(jax.tree_util.keystr(path, simple=True, separator="/").split("/"))
 
 
 class LookaheadTrainState(linen_train_state.TrainState):

@@ -25,11 +25,11 @@ from tests.flax_models import LinenClassifier, batches, linen_train_step
 SAVE_AT, TOTAL = 7, 15
 
 
-def fresh_state(with_lookahead=True):
+def fresh_state(with_lookahead=True, inner_state_on_sync="pullback"):
     model = LinenClassifier()
     params = model.init(jax.random.key(0), next(batches(0, 1))[0])["params"]
     inner = lazy_mask(optax.adam(0.05))
-    tx = lookahead(inner, 5, 0.5, "pullback") if with_lookahead else inner
+    tx = lookahead(inner, 5, 0.5, inner_state_on_sync) if with_lookahead else inner
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 

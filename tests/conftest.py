@@ -24,17 +24,14 @@ settings.register_profile("stress", database=None, deadline=None, max_examples=3
 settings.load_profile(os.environ.get("OPTAX_LOOKAHEAD_HYPOTHESIS", "deterministic"))
 
 
-@pytest.fixture(params=["branch", "select"])
-def sync_strategy(request, monkeypatch):
-    """Runs a test with each way lookahead can stage out its sync.
+@pytest.fixture(params=["cond", "select"])
+def sync_staging(request):
+    """Each way lookahead can stage out its sync, for ``sync_staging=``.
 
     The library picks one per platform (a lax.cond on CPU, a select elsewhere);
     both must give the same results, so tests that use this fixture run both
     here on the CPU.
     """
-    from optax_lookahead import _lookahead
-
-    monkeypatch.setattr(_lookahead, "FORCE_SYNC_STRATEGY", request.param)
     return request.param
 
 

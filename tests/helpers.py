@@ -1,5 +1,6 @@
 """Small helpers shared by the tests: quadratic problems and training loops."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,9 +21,9 @@ def quadratic_problem(shapes, seed, dtype=jnp.float32):
     curvature = [rng.uniform(0.5, 2.0, size=s).astype(np.float32) for s in shapes]
     target = [rng.normal(size=s).astype(np.float32) for s in shapes]
 
-    params = {n: jnp.asarray(x, dtype) for n, x in zip(names, start)}
-    c_tree = {n: jnp.asarray(c, dtype) for n, c in zip(names, curvature)}
-    t_tree = {n: jnp.asarray(t, dtype) for n, t in zip(names, target)}
+    params = {n: jnp.asarray(x, dtype) for n, x in zip(names, start, strict=True)}
+    c_tree = {n: jnp.asarray(c, dtype) for n, c in zip(names, curvature, strict=True)}
+    t_tree = {n: jnp.asarray(t, dtype) for n, t in zip(names, target, strict=True)}
 
     def grad_fn(p):
         return jax.tree.map(lambda x, c, t: c * (x - t), p, c_tree, t_tree)
@@ -30,26 +31,27 @@ def quadratic_problem(shapes, seed, dtype=jnp.float32):
     def numpy_grad_fn(leaves):
         return [
             c.astype(np.float64) * (x - t.astype(np.float64))
-            for x, c, t in zip(leaves, curvature, target)
+            for x, c, t in zip(leaves, curvature, target, strict=True)
         ]
 
     numpy_start = [x.astype(np.float64) for x in start]
     return params, grad_fn, numpy_grad_fn, numpy_start
 
 
+def step(tx, params, state, grads, **extra_args):
+    """One training step as optax users write it: update, then apply."""
+    updates, state = tx.update(grads, state, params, **extra_args)
+    return optax.apply_updates(params, updates), state
+
+
 def train(tx, params, grad_fn, steps, *, jit=False, **extra_args):
     """Runs ``steps`` updates; returns [(params, slow or None)] and the state."""
     state = tx.init(params)
-    update = jax.jit(tx.update) if jit else tx.update
+    run_step = jax.jit(step, static_argnums=0) if jit else step
     history = []
     for _ in range(steps):
-        updates, state = update(grad_fn(params), state, params, **extra_args)
-        params = optax.apply_updates(params, updates)
-        try:
-            slow = slow_params(state)
-        except ValueError:
-            slow = None
-        history.append((params, slow))
+        params, state = run_step(tx, params, state, grad_fn(params), **extra_args)
+        history.append((params, slow_params(state, default=None)))
     return history, state
 
 
@@ -57,11 +59,14 @@ def leaves64(tree):
     return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
 
 
-def assert_trees_close(got, want, **tolerance):
-    """assert_allclose leaf by leaf, in float64; trees must have equal structure."""
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    for got_leaf, want_leaf in zip(leaves64(got), leaves64(want)):
-        np.testing.assert_allclose(got_leaf, want_leaf, **tolerance)
+def assert_trees_close(got, want, rtol=1e-6, atol=0.0):
+    """Equal tree structures, and leaves close in float64 (chex)."""
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda x: np.asarray(x, np.float64), got),
+        jax.tree.map(lambda x: np.asarray(x, np.float64), want),
+        rtol=rtol,
+        atol=atol,
+    )
 
 
 def standard_promotion(

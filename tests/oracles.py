@@ -18,7 +18,9 @@ class NumpySGD:
 
     def step(self, grads, state, params):
         del params
-        trace = [g + self.momentum * t for g, t in zip(grads, state["trace"])]
+        trace = [
+            g + self.momentum * t for g, t in zip(grads, state["trace"], strict=True)
+        ]
         return [-self.learning_rate * t for t in trace], {"trace": trace}
 
     def mirrors(self):
@@ -77,9 +79,10 @@ def lookahead_trajectory(
       grad_fn: maps the list of fast weights to the list of gradients.
       sync_period, slow_step_size: k and alpha.
       steps: how many fast steps to take.
-      on_sync: "keep", "reset" (momenta to zero, step count kept) or "pullback"
-        (momenta interpolated toward their value at the last sync with alpha,
-        as in the Lookahead authors' PyTorch code).
+      on_sync: "keep", "reset" (the inner optimizer starts over, its step
+        count included) or "pullback" (momenta interpolated toward their value
+        at the last sync with alpha, as in the Lookahead authors' PyTorch
+        code).
 
     Returns:
       A list with, after every step, the pair (fast weights, slow weights).
@@ -91,17 +94,19 @@ def lookahead_trajectory(
     history = []
     for step in range(1, steps + 1):
         updates, state = inner.step(grad_fn(fast), state, fast)
-        fast = [f + u for f, u in zip(fast, updates)]
+        fast = [f + u for f, u in zip(fast, updates, strict=True)]
         if step % sync_period == 0:
-            slow = [s + slow_step_size * (f - s) for s, f in zip(slow, fast)]
+            slow = [
+                s + slow_step_size * (f - s) for s, f in zip(slow, fast, strict=True)
+            ]
             fast = [s.copy() for s in slow]
+            if on_sync == "reset":
+                state = inner.init(fast)
             for name in inner.mirrors():
-                if on_sync == "reset":
-                    state[name] = [np.zeros_like(x) for x in state[name]]
-                elif on_sync == "pullback":
+                if on_sync == "pullback":
                     state[name] = [
                         slow_step_size * x + (1 - slow_step_size) * c
-                        for x, c in zip(state[name], cached[name])
+                        for x, c in zip(state[name], cached[name], strict=True)
                     ]
                     cached[name] = [x.copy() for x in state[name]]
         history.append(([f.copy() for f in fast], [s.copy() for s in slow]))
@@ -128,7 +133,7 @@ class NumpyLazy:
     def step(self, grads, state, params):
         rows = [
             np.abs(g).reshape(g.shape[0], -1).sum(axis=1) != 0 if table else None
-            for g, table in zip(grads, self.tables)
+            for g, table in zip(grads, self.tables, strict=True)
         ]
         updates, state = self.adam.step(
             grads, state, params, rows=rows if self.freeze_state else None
@@ -147,6 +152,6 @@ def plain_trajectory(inner, params, grads_per_step):
     history = []
     for grads in grads_per_step:
         updates, state = inner.step(grads, state, params)
-        params = [p + u for p, u in zip(params, updates)]
+        params = [p + u for p, u in zip(params, updates, strict=True)]
         history.append(params)
     return history, state

@@ -33,7 +33,7 @@ def test_transform_before_lookahead_equals_it_inside(before):
     inside = lookahead(optax.chain(before(), adam()), 3, 0.5)
     got, _ = train(outside, params, grad_fn, 10)
     want, _ = train(inside, params, grad_fn, 10)
-    for (fast, slow), (want_fast, want_slow) in zip(got, want):
+    for (fast, slow), (want_fast, want_slow) in zip(got, want, strict=True):
         assert_trees_close(fast, want_fast, rtol=1e-6, atol=1e-7)
         assert_trees_close(slow, want_slow, rtol=1e-6, atol=1e-7)
 
@@ -50,7 +50,7 @@ def test_map_params_reaches_slow_weights_and_inner_moments():
     lookahead_state = mapped[1]
     adam_state = lookahead_state.inner_state.inner_state[0]
     assert_trees_close(adam_state.mu, jax.tree.map(lambda x: x * 0 + 7, params))
-    assert int(lookahead_state.count) == 0 and int(adam_state.count) == 0
+    assert int(lookahead_state.step) == 0 and int(adam_state.count) == 0
 
 
 def test_map_params_builds_sharding_specs_for_the_state():
@@ -63,12 +63,12 @@ def test_map_params_builds_sharding_specs_for_the_state():
         transform_non_params=lambda _: "scalar-spec",
     )
     assert specs.slow == {"embedding": "param-spec"}
-    assert specs.count == "scalar-spec"
+    assert specs.step == "scalar-spec"
 
 
 @pytest.mark.parametrize("freeze_state", [False, True])
 @pytest.mark.parametrize("on_sync", ["keep", "reset", "pullback"])
-def test_jit_with_donation_runs_without_retracing(sync_strategy, freeze_state, on_sync):
+def test_jit_with_donation_runs_without_retracing(sync_staging, freeze_state, on_sync):
     params = {
         "embedding": jnp.ones((16, 4)),
         "dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)},
@@ -77,6 +77,7 @@ def test_jit_with_donation_runs_without_retracing(sync_strategy, freeze_state, o
         lazy_mask(adam(), freeze_state=freeze_state),
         sync_period=3,
         inner_state_on_sync=on_sync,
+        sync_staging=sync_staging,
     )
 
     @jax.jit
@@ -98,15 +99,15 @@ def test_jit_with_donation_runs_without_retracing(sync_strategy, freeze_state, o
     start = jax.tree.map(np.asarray, params)
     for i in range(20):
         params_now, state = step(params_now, state, grads_for(i))
-    assert int(state.count) == 20
+    assert int(state.step) == 20
     # Rows 0..15 were each sampled at least once and moved; the dense leaves too.
     assert np.all(np.asarray(params_now["embedding"]) != start["embedding"])
     assert np.all(np.asarray(params_now["dense"]["kernel"]) != start["dense"]["kernel"])
 
 
-def test_donated_buffers_are_reused(sync_strategy):
+def test_donated_buffers_are_reused(sync_staging):
     params = {"w": jnp.ones((64, 64))}
-    tx = lookahead(optax.sgd(0.1, momentum=0.9))
+    tx = lookahead(optax.sgd(0.1, momentum=0.9), sync_staging=sync_staging)
     state = tx.init(params)
 
     def step_fn(params, state):
@@ -123,12 +124,13 @@ def test_donated_buffers_are_reused(sync_strategy):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("freeze_state", [False, True])
 @pytest.mark.parametrize("on_sync", ["keep", "pullback"])
-def test_dtypes_preserved(sync_strategy, dtype, freeze_state, on_sync):
+def test_dtypes_preserved(sync_staging, dtype, freeze_state, on_sync):
     params = {"embedding": jnp.ones((6, 3), dtype), "w": jnp.ones((3,), dtype)}
     tx = lookahead(
         lazy_mask(adam(0.1), freeze_state=freeze_state),
         sync_period=2,
         inner_state_on_sync=on_sync,
+        sync_staging=sync_staging,
     )
     state = tx.init(params)
     step = jax.jit(tx.update)
@@ -189,7 +191,7 @@ def test_multisteps_around_lookahead_counts_only_real_steps():
     # fast 10 -> 9 -> 8 (sync): slow = 10 + 0.5 * (8 - 10) = 9.
     assert float(params) == 9.0 and float(slow_params(state)) == 9.0
     inner = state.inner_opt_state
-    assert isinstance(inner, LookaheadState) and int(inner.count) == 2
+    assert isinstance(inner, LookaheadState) and int(inner.step) == 2
 
 
 def test_apply_if_finite_skips_a_nan_step_and_keeps_the_period():

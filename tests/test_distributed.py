@@ -16,7 +16,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from optax_lookahead import LookaheadState, lazy_mask, lookahead, slow_params
-from tests.helpers import assert_trees_close, standard_promotion
+from tests.helpers import assert_trees_close, standard_promotion, step
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (see the root conftest.py)"
@@ -25,10 +25,12 @@ pytestmark = pytest.mark.skipif(
 VOCAB, DIM = 32, 8
 
 
-def make_tx(freeze_state=False):
+def make_tx(freeze_state=False, inner_state_on_sync="keep", axis_name=None):
+    inner = standard_promotion(optax.adam(0.05))
     return lookahead(
-        lazy_mask(standard_promotion(optax.adam(0.05)), freeze_state=freeze_state),
+        lazy_mask(inner, freeze_state=freeze_state, axis_name=axis_name),
         sync_period=3,
+        inner_state_on_sync=inner_state_on_sync,
     )
 
 
@@ -51,17 +53,15 @@ def word_batches(count, batch):
     return [jnp.asarray(rng.integers(0, 24, size=(batch, 5))) for _ in range(count)]
 
 
-def single_device_run(tx, params, batches):
+def single_device_run(tx, params, batches, **extra_args):
     state = tx.init(params)
 
     @jax.jit
-    def step(params, state, words):
-        grads = jax.grad(loss_fn)(params, words)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+    def train_step(params, state, words):
+        return step(tx, params, state, jax.grad(loss_fn)(params, words), **extra_args)
 
     for words in batches:
-        params, state = step(params, state, words)
+        params, state = train_step(params, state, words)
     return params, state
 
 
@@ -73,17 +73,16 @@ def test_pmap_data_parallel_matches_single_device(freeze_state):
     devices = 8
 
     @partial(jax.pmap, axis_name="data")
-    def step(params, state, words):
+    def train_step(params, state, words):
         grads = jax.lax.pmean(jax.grad(loss_fn)(params, words), "data")
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+        return step(tx, params, state, grads)
 
     replicate = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * devices), tree)
     replicated_params = replicate(params)
     replicated_state = replicate(tx.init(params))
     for words in batches:
         shards = words.reshape(devices, -1, *words.shape[1:])
-        replicated_params, replicated_state = step(
+        replicated_params, replicated_state = train_step(
             replicated_params, replicated_state, shards
         )
 
@@ -149,10 +148,10 @@ def state_shardings_like(tx, params, mesh):
     )
 
 
-def assert_state_follows_params(tx, state, params):
+def assert_state_follows_params(tx, state, params, copies=3):
     pairs = param_shardings_in_state(tx, state, params)
-    # slow, mu, nu for each of the two params.
-    assert len(pairs) == 6
+    # slow, mu, nu (and pullback's mu, nu at the last sync) for each param.
+    assert len(pairs) == copies * len(jax.tree.leaves(params))
     for leaf, param in pairs:
         assert leaf.sharding.is_equivalent_to(param.sharding, param.ndim), (
             leaf.sharding,
@@ -186,7 +185,7 @@ def test_state_follows_param_sharding(layout, axis_type):
     for update in (tx.update, jax.jit(tx.update)):
         updates, new_state = update(grads, state, params)
         assert_state_follows_params(tx, new_state, params)
-        for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+        for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
             assert u.sharding.is_equivalent_to(p.sharding, p.ndim)
 
     if axis_type == AxisType.Explicit:
@@ -224,12 +223,8 @@ def collectives(hlo_text):
 def compiled_step_hlo(tx, params):
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return jax.jit(step).lower(params, state, grads).compile().as_text()
+    lowered = jax.jit(step, static_argnums=0).lower(tx, params, state, grads)
+    return lowered.compile().as_text()
 
 
 @pytest.mark.parametrize("layout", sorted(MESH_SPECS))
@@ -285,7 +280,7 @@ def test_shard_map_runs_the_transforms_per_shard():
     specs = {"embedding": P("rows", None)}
 
     @jax.jit
-    def step(params, state, words):
+    def sharded_step(params, state, words):
         grads = jax.grad(lambda p: loss_fn({**p, "kernel": jnp.eye(DIM, 4)}, words))(
             params
         )
@@ -307,17 +302,17 @@ def test_shard_map_runs_the_transforms_per_shard():
     sharded = jax.device_put(params, NamedSharding(mesh, P("rows", None)))
     sharded_state = tx.init(sharded)
     for words in batches:
-        sharded, sharded_state = step(sharded, sharded_state, words)
+        sharded, sharded_state = sharded_step(sharded, sharded_state, words)
 
+    @jax.jit
     def plain_step(params, state, words):
         grads = jax.grad(lambda p: loss_fn({**p, "kernel": jnp.eye(DIM, 4)}, words))(
             params
         )
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+        return step(tx, params, state, grads)
 
     for words in batches:
-        params, state = jax.jit(plain_step)(params, state, words)
+        params, state = plain_step(params, state, words)
     assert_trees_close(sharded, params, rtol=1e-6, atol=1e-7)
     assert_trees_close(slow_params(sharded_state), slow_params(state), rtol=1e-6)
 
@@ -332,20 +327,137 @@ def test_sharded_step_with_donation_reuses_buffers_and_compiles_once(init):
         state = jax.jit(tx.init, out_shardings=state_shardings)(params)
     else:
         state = tx.init(params)
-        assert state.count.sharding.is_equivalent_to(NamedSharding(mesh, P()), 0)
+        assert state.step.sharding.is_equivalent_to(NamedSharding(mesh, P()), 0)
     chex.clear_trace_counter()
 
     @partial(jax.jit, donate_argnums=(0, 1))
     @chex.assert_max_traces(n=1)
-    def step(params, state, words):
-        grads = jax.grad(loss_fn)(params, words)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+    def train_step(params, state, words):
+        return step(tx, params, state, jax.grad(loss_fn)(params, words))
 
     for words in word_batches(count=6, batch=16):
         old_params, old_state = params, state
-        params, state = step(params, state, words)
+        params, state = train_step(params, state, words)
         assert old_params["embedding"].is_deleted()
         assert old_state.slow["embedding"].is_deleted()
-    assert step._cache_size() == 1
+    assert train_step._cache_size() == 1
     assert_state_follows_params(tx, state, params)
+
+
+def test_pmap_with_per_device_sampled_rows_and_axis_name_stays_in_step():
+    """Each device passes its own ids; axis_name ORs them, so replicas agree.
+
+    The gradient here has every row non-zero (an L2 term), so only the ids say
+    which rows were sampled. Without axis_name each replica would mask other
+    rows and the replicas' params and slow weights would drift apart.
+    """
+    devices = 8
+    tx = make_tx(freeze_state=True, axis_name="data")
+    params = init_params()
+    batches = word_batches(count=4, batch=32)
+
+    def l2_loss(params, words):
+        return loss_fn(params, words) + 1e-3 * jnp.sum(params["embedding"] ** 2)
+
+    @partial(jax.pmap, axis_name="data")
+    def train_step(params, state, words):
+        grads = jax.lax.pmean(jax.grad(l2_loss)(params, words), "data")
+        return step(tx, params, state, grads, sampled_rows=words)
+
+    replicate = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * devices), tree)
+    replicated_params, replicated_state = replicate(params), replicate(tx.init(params))
+    for words in batches:
+        shards = words.reshape(devices, -1, *words.shape[1:])
+        replicated_params, replicated_state = train_step(
+            replicated_params, replicated_state, shards
+        )
+    for leaf in jax.tree.leaves((replicated_params, slow_params(replicated_state))):
+        for replica in range(1, devices):
+            np.testing.assert_array_equal(leaf[replica], leaf[0])
+
+    # One device, the whole batch, the union of the ids.
+    reference = make_tx(freeze_state=True)
+    state = reference.init(params)
+    for words in batches:
+        grads = jax.grad(l2_loss)(params, words)
+        params, state = step(reference, params, state, grads, sampled_rows=words)
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    assert_trees_close(first(replicated_params), params, rtol=1e-5, atol=1e-6)
+
+
+def test_shard_map_column_sharded_table_combines_row_flags_over_the_axis():
+    """A sampled row whose gradient is zero in one shard's columns stays sampled."""
+    mesh = jax.make_mesh((2,), ("cols",), axis_types=(AxisType.Explicit,))
+    params = {"embedding": jnp.zeros((3, 4))}
+    # Row 1 is sampled twice; the second time its gradient is zero in the
+    # second shard's columns, where its momentum still moves it.
+    grads = [
+        {"embedding": jnp.zeros((3, 4)).at[1].set(1.0)},
+        {"embedding": jnp.zeros((3, 4)).at[1, :2].set(1.0)},
+    ]
+    spec = P(None, "cols")
+
+    def run(tx, sharded):
+        put = lambda tree: jax.device_put(tree, NamedSharding(mesh, spec))
+        now = put(params) if sharded else params
+        state = tx.init(now)
+        for g in grads:
+            if not sharded:
+                now, state = step(tx, now, state, g)
+                continue
+            state_specs = optax.tree.map_params(
+                tx, lambda _: spec, state, transform_non_params=lambda _: P()
+            )
+            specs = {"embedding": spec}
+            now, state = jax.jit(
+                jax.shard_map(
+                    lambda p, s, g: step(tx, p, s, g),
+                    mesh=mesh,
+                    in_specs=(specs, state_specs, specs),
+                    out_specs=(specs, state_specs),
+                )
+            )(now, state, put(g))
+        return np.asarray(now["embedding"])
+
+    momentum = lambda: optax.sgd(1.0, momentum=0.9)
+    want = run(lazy_mask(momentum()), sharded=False)
+    np.testing.assert_allclose(want[1], [-2.9, -2.9, -1.9, -1.9], rtol=1e-6)
+    with jax.set_mesh(mesh):
+        got = run(lazy_mask(momentum(), axis_name="cols"), sharded=True)
+        per_shard = run(lazy_mask(momentum()), sharded=True)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(per_shard[1], [-2.9, -2.9, -1.0, -1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("on_sync", ["reset", "pullback"])
+@pytest.mark.parametrize("sync_staging", ["cond", "select"])
+def test_inner_state_options_trace_on_explicit_meshes(on_sync, sync_staging):
+    """reset and pullback sync under cond and select with explicit shardings."""
+    tx = lookahead(
+        lazy_mask(standard_promotion(optax.adam(0.05))),
+        sync_period=2,
+        inner_state_on_sync=on_sync,
+        sync_staging=sync_staging,
+    )
+
+    @jax.jit
+    def train_step(params, state, i):
+        # An elementwise loss (explicit meshes need no out_sharding for it)
+        # whose table gradient skips every third row, shifting each step.
+        grads = jax.tree.map(lambda p: p - 1.0, params)
+        rows = (jnp.arange(VOCAB) + i) % 3 != 0
+        grads["embedding"] = jnp.where(rows[:, None], grads["embedding"], 0.0)
+        return step(tx, params, state, grads)
+
+    def run(params):
+        state = tx.init(params)
+        for i in range(5):
+            params, state = train_step(params, state, i)
+        return params, state
+
+    want, _ = run(init_params())
+    mesh = mesh_2d(AxisType.Explicit)
+    with jax.set_mesh(mesh):
+        got, state = run(sharded_params(mesh, MESH_SPECS["both_axes"]))
+    assert_trees_close(got, want, rtol=1e-6, atol=1e-7)
+    assert_state_follows_params(tx, state, got, 5 if on_sync == "pullback" else 3)

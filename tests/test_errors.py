@@ -6,19 +6,28 @@ import numpy as np
 import optax
 import pytest
 
-from optax_lookahead import lazy_mask, lookahead, slow_params, sparse_lazy
+from optax_lookahead import (
+    lazy_mask,
+    lookahead,
+    slow_params,
+    sparse_lazy,
+    sparse_rows,
+    update_and_apply,
+)
 
 WORKING_FORM = "lookahead(lazy_mask(optax.adam(1e-3)))"
 
 
-@pytest.mark.parametrize("sync_period", [0, -3, 2.5, True, "5", np.array([2, 3])])
+@pytest.mark.parametrize(
+    "sync_period", [0, -3, 2.5, True, "5", np.array([2, 3]), 2**31, 2**30 + 1]
+)
 def test_bad_sync_period(sync_period):
     with pytest.raises(ValueError, match="sync_period"):
         lookahead(optax.sgd(0.1), sync_period=sync_period)
 
 
 @pytest.mark.parametrize(
-    "slow_step_size", [0.0, 1.5, -0.5, float("nan"), "0.5", None, True]
+    "slow_step_size", [0.0, 1.5, -0.5, float("nan"), "0.5", None, True, 1e-50]
 )
 def test_bad_slow_step_size(slow_step_size):
     with pytest.raises(ValueError, match="slow_step_size"):
@@ -33,6 +42,16 @@ def test_good_hyperparameters_of_other_types_are_accepted():
 def test_bad_inner_state_on_sync():
     with pytest.raises(ValueError, match="inner_state_on_sync.*'keep'"):
         lookahead(optax.sgd(0.1), inner_state_on_sync="restart")
+
+
+def test_bad_sync_staging():
+    with pytest.raises(ValueError, match="sync_staging.*'cond'"):
+        lookahead(optax.sgd(0.1), sync_staging="branch")
+
+
+def test_freeze_state_must_be_a_bool():
+    with pytest.raises(TypeError, match="freeze_state"):
+        lazy_mask(optax.sgd(0.1), freeze_state="yes")
 
 
 @pytest.mark.parametrize("build", [lookahead, lazy_mask, sparse_lazy])
@@ -88,10 +107,15 @@ def test_mask_that_selects_nothing():
         tx.init({"kernel": jnp.ones((3, 2))})
 
 
-def test_mask_that_selects_a_vector():
+def test_mask_that_selects_a_scalar():
     tx = lazy_mask(optax.sgd(0.1), mask={"embedding": True, "bias": True})
-    with pytest.raises(ValueError, match=r"\['bias'\] of shape \(2,\).*2 dimensions"):
-        tx.init({"embedding": jnp.ones((3, 2)), "bias": jnp.ones(2)})
+    with pytest.raises(ValueError, match=r"\['bias'\], a scalar"):
+        tx.init({"embedding": jnp.ones((3, 2)), "bias": jnp.ones(())})
+
+
+def test_params_without_leaves_are_refused_at_init():
+    with pytest.raises(ValueError, match="selects no parameter"):
+        lazy_mask(optax.adam(0.1)).init({})
 
 
 def test_mask_that_does_not_match_the_params():
@@ -124,9 +148,9 @@ def test_freeze_state_needs_state_that_mirrors_params():
     tx = lazy_mask(optax.GradientTransformation(init, update), freeze_state=True)
     params = {"embedding": jnp.ones((4, 3))}
     with pytest.raises(
-        ValueError, match=r"freeze_state=True\) needs.*freeze_state=False"
+        ValueError, match=r"freeze_state=True\) keeps.*\(3,\).*freeze_state=False"
     ):
-        tx.update(params, tx.init(params), params)
+        tx.init(params)
 
 
 def test_slow_params_without_or_with_two_lookaheads():
@@ -143,3 +167,34 @@ def test_slow_params_default_when_there_is_no_lookahead():
     assert slow_params(optax.adam(0.1).init(params), default=params) is params
     state = lookahead(optax.sgd(0.1)).init(params)
     assert slow_params(state, default=None) is state.slow
+
+
+@pytest.mark.parametrize("sync_staging", ["cond", "select"])
+def test_update_with_other_shapes_than_init(sync_staging):
+    tx = lookahead(optax.sgd(0.1), sync_staging=sync_staging)
+    state = tx.init(jnp.ones(1))
+    with pytest.raises(ValueError, match=r"updates has shape \(5,\).*\(1,\)"):
+        tx.update(jnp.ones(5), state, jnp.ones(5))
+    with pytest.raises(ValueError, match=r"updates has shape \(5,\)"):
+        update_and_apply(tx, jnp.ones(5), state, jnp.ones(5))
+
+
+def test_update_with_another_tree_than_init():
+    tx = lookahead(optax.sgd(0.1))
+    state = tx.init({"w": jnp.ones(2)})
+    with pytest.raises(ValueError, match="updates do not have the tree structure"):
+        tx.update({"v": jnp.ones(2)}, state, {"v": jnp.ones(2)})
+    with pytest.raises(ValueError, match="params do not have the tree structure"):
+        tx.update({"w": jnp.ones(2)}, state, {"w": jnp.ones(2), "b": jnp.ones(1)})
+
+
+def test_a_state_from_another_optimizer_is_refused():
+    tx = lookahead(optax.sgd(0.1))
+    with pytest.raises(ValueError, match="opt_state must be the LookaheadState"):
+        tx.update(jnp.ones(2), optax.sgd(0.1).init(jnp.ones(2)), jnp.ones(2))
+
+
+@pytest.mark.parametrize("num_rows", [None, 8.0, 0, True])
+def test_sparse_rows_needs_a_row_count(num_rows):
+    with pytest.raises((TypeError, ValueError), match="num_rows"):
+        sparse_rows(jnp.array([1]), jnp.ones((1, 2)), num_rows=num_rows)

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,7 +120,8 @@ def test_nnx_callable_mask_sees_variables_at_init_and_arrays_at_update():
     seen = []
 
     def mask(tree):
-        seen.append({type(x).__name__ for x in jax.tree.leaves(tree)})
+        leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        seen.append({isinstance(x, nnx.Variable) for x in leaves})
         return jax.tree_util.tree_map_with_path(
             lambda path, _: "embed" in jax.tree_util.keystr(path), tree
         )
@@ -131,7 +133,38 @@ def test_nnx_callable_mask_sees_variables_at_init_and_arrays_at_update():
     np.testing.assert_array_equal(
         np.asarray(model.embed.embedding[...])[30:], start_table[30:]
     )
-    assert len(seen) >= 2
+    assert seen[0] == {True}, "init sees nnx.Param variables"
+    assert seen[-1] == {False}, "update sees plain arrays"
+
+
+def test_linen_params_replaced_after_create_are_where_lookahead_starts():
+    """TrainState.create(...) then .replace(params=pretrained), as with any optax tx."""
+    model = LinenClassifier()
+    words, labels = next(batches(seed=0, count=1))
+    params = model.init(jax.random.key(0), words)["params"]
+    pretrained = jax.tree.map(lambda x: x + 1.0, params)
+    state = TrainState.create(
+        apply_fn=model.apply, params=params, tx=lookahead(optax.sgd(0.0), 2)
+    )
+    state = state.replace(params=pretrained)
+    for _ in range(2):  # the second step is a sync
+        state, _ = linen_train_step(state, words, labels)
+    chex.assert_trees_all_equal(state.params, pretrained)
+    chex.assert_trees_all_equal(slow_params(state.opt_state), pretrained)
+
+
+def test_nnx_weights_loaded_after_the_optimizer_are_where_lookahead_starts():
+    model, optimizer, train_step = nnx_setup(lookahead(optax.sgd(0.0), sync_period=2))
+    loaded = nnx.state(model, nnx.Param)
+    loaded = jax.tree.map(lambda x: x + 1.0, loaded)
+    nnx.update(model, loaded)  # e.g. restored from a checkpoint
+    want = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for words, labels in batches(seed=0, count=2):
+        train_step(model, optimizer, words, labels)
+    chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(model, nnx.Param)), want)
+    chex.assert_trees_all_equal(
+        nnx.to_pure_dict(slow_params(nnx.as_pure(optimizer.opt_state))), want
+    )
 
 
 @pytest.mark.parametrize("checkpoint_format", ["orbax", "bytes"])
@@ -154,22 +187,34 @@ def test_checkpoint_mid_period_resumes_bit_identically(tmp_path, checkpoint_form
         np.testing.assert_array_equal(resumed[name], never_stopped[name])
 
 
-def test_checkpoint_without_lookahead_fails_clearly(tmp_path):
+@pytest.mark.parametrize(
+    "saved,restored",
+    [
+        ("plain", "pullback"),
+        ("pullback", "plain"),
+        ("pullback", "keep"),
+        ("keep", "pullback"),
+    ],
+)
+def test_checkpoint_of_another_optimizer_structure_fails_clearly(
+    tmp_path, saved, restored
+):
     import orbax.checkpoint as ocp
 
     from tests.checkpoint_worker import fresh_state
 
-    plain, with_lookahead = fresh_state(with_lookahead=False), fresh_state()
+    def state(kind):
+        if kind == "plain":
+            return fresh_state(with_lookahead=False)
+        return fresh_state(inner_state_on_sync=kind)
+
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp_path / "plain", plain)
+    checkpointer.save(tmp_path / saved, state(saved))
     checkpointer.wait_until_finished()
     with pytest.raises(ValueError, match="opt_state"):
-        checkpointer.restore(tmp_path / "plain", with_lookahead)
+        checkpointer.restore(tmp_path / saved, state(restored))
     with pytest.raises(ValueError, match="opt_state"):
-        serialization.from_bytes(with_lookahead, serialization.to_bytes(plain))
-    # And the other way round: a lookahead checkpoint into a plain state.
-    with pytest.raises(ValueError, match="opt_state"):
-        serialization.from_bytes(plain, serialization.to_bytes(with_lookahead))
+        serialization.from_bytes(state(restored), serialization.to_bytes(state(saved)))
 
 
 def test_slow_train_state_needs_a_lookahead():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from optax_lookahead import lazy_mask, lookahead
 from tests import oracles
-from tests.helpers import assert_trees_close, leaves64, standard_promotion
+from tests.helpers import assert_trees_close, leaves64, standard_promotion, step
 
 
 def sampled_grads(rng, shape, sampled_ids):
@@ -75,8 +75,8 @@ def test_matches_reference_lazy_adam(rows, trailing, steps, freeze_state, seed):
     expected, _ = oracles.plain_trajectory(
         numpy_lazy, leaves64(params), [leaves64(g) for g in grads]
     )
-    for got, want in zip(history, expected):
-        for got_leaf, want_leaf in zip(leaves64(got), want):
+    for got, want in zip(history, expected, strict=True):
+        for got_leaf, want_leaf in zip(leaves64(got), want, strict=True):
             # float32 against float64: Adam divides by sqrt(v), which magnifies
             # rounding where gradients are small, so allow a 1e-4 step fraction.
             np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-4, atol=1e-5)
@@ -103,8 +103,8 @@ def test_lookahead_of_lazy_matches_reference(freeze_state):
         slow_step_size=0.6,
         steps=len(grads),
     )
-    for got, (want, _) in zip(history, expected):
-        for got_leaf, want_leaf in zip(leaves64(got), want):
+    for got, (want, _) in zip(history, expected, strict=True):
+        for got_leaf, want_leaf in zip(leaves64(got), want, strict=True):
             np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-6)
 
 
@@ -147,7 +147,7 @@ def test_frozen_moments_stay_bit_identical():
     params, grads = embedding_problem(rng, steps=10)
     tx = lazy_mask(standard_promotion(optax.adam(0.1)), freeze_state=True)
     _, states = run_sequence(tx, params, grads)
-    for before, after, step_grads in zip(states, states[1:], grads):
+    for before, after, step_grads in zip(states[:-1], states[1:], grads, strict=True):
         unsampled = np.abs(step_grads["embedding"]).sum(axis=1) == 0
         adam_before, adam_after = before.inner_state[0], after.inner_state[0]
         for name in ("mu", "nu"):
@@ -248,12 +248,13 @@ def test_freeze_state_works_for_any_optimizer_mirroring_params(inner):
     params, grads = embedding_problem(rng, steps=5)
     tx = lazy_mask(inner, freeze_state=True)
     history, states = run_sequence(tx, params, grads)
-    for before, after, step_grads in zip(states, states[1:], grads):
+    for before, after, step_grads in zip(states[:-1], states[1:], grads, strict=True):
         unsampled = np.abs(step_grads["embedding"]).sum(axis=1) == 0
         # Every state leaf mirroring the table keeps its unsampled rows.
         for old, new in zip(
             jax.tree.leaves(before.inner_state),
             jax.tree.leaves(after.inner_state),
+            strict=True,
         ):
             if new.shape == (12, 3):
                 np.testing.assert_array_equal(
@@ -304,3 +305,54 @@ def test_extra_args_reach_the_inner_optimizer():
     for tx in (lazy_mask(inner), lookahead(lazy_mask(inner), sync_period=100)):
         updates, _ = tx.update(grads, tx.init(params), params, factor=3.0)
         np.testing.assert_array_equal(updates["embedding"], 3.0)
+
+
+@pytest.mark.parametrize("freeze_state", [False, True])
+def test_one_dimensional_tables_are_lazy_per_element(freeze_state):
+    """Per-token biases: each element is a row (TF sparse updates, torch SparseAdam)."""
+    params = {"token_bias": jnp.zeros(5), "w": jnp.zeros(2)}
+    tx = lazy_mask(
+        optax.sgd(1.0, momentum=0.9),
+        mask={"token_bias": True, "w": False},
+        freeze_state=freeze_state,
+    )
+    state = tx.init(params)
+    grads = {"token_bias": jnp.array([1.0, 0, 0, 0, 0]), "w": jnp.ones(2)}
+    params, state = step(tx, params, state, grads)
+    grads = {"token_bias": jnp.array([0, 1.0, 0, 0, 0]), "w": jnp.ones(2)}
+    params, state = step(tx, params, state, grads)
+    np.testing.assert_array_equal(params["token_bias"], [-1.0, -1.0, 0, 0, 0])
+    grads = {"token_bias": jnp.ones(5), "w": jnp.ones(2)}  # every element non-zero
+    params, state = step(tx, params, state, grads, sampled_rows=jnp.array([3, -1]))
+    np.testing.assert_array_equal(params["token_bias"][2:], [0.0, -1.0, 0.0])
+
+
+def test_multisteps_detection_sees_every_micro_batch():
+    """MultiSteps runs the wrapped optimizer on the summed micro-batches."""
+    params = {"embedding": jnp.zeros((4, 2))}
+    tx = optax.MultiSteps(lazy_mask(optax.sgd(1.0)), every_k_schedule=2)
+    with jax.numpy_dtype_promotion("standard"):  # MultiSteps is not strict-clean
+        state = tx.init(params)
+        for row in (0, 1):
+            grads = {"embedding": jnp.zeros((4, 2)).at[row].set(1.0)}
+            params, state = step(tx, params, state, grads)
+    moved = np.flatnonzero(np.any(np.asarray(params["embedding"]) != 0, axis=1))
+    np.testing.assert_array_equal(moved, [0, 1])
+
+
+def test_multisteps_with_ids_needs_the_union_of_the_micro_batches():
+    """The documented pattern: pass all micro-batches' ids at every micro-step.
+
+    MultiSteps hands the wrapped optimizer the extra arguments of the last
+    micro-batch only; with that micro-batch's ids alone, row 0 would never move.
+    """
+    params = {"embedding": jnp.zeros((4, 2))}
+    l2_like = {"embedding": jnp.ones((4, 2))}  # every row non-zero: ids needed
+    tx = optax.MultiSteps(lazy_mask(optax.sgd(1.0)), every_k_schedule=2)
+    union = jnp.array([0, 1])
+    with jax.numpy_dtype_promotion("standard"):
+        state = tx.init(params)
+        for _ in range(2):
+            params, state = step(tx, params, state, l2_like, sampled_rows=union)
+    moved = np.flatnonzero(np.any(np.asarray(params["embedding"]) != 0, axis=1))
+    np.testing.assert_array_equal(moved, [0, 1])

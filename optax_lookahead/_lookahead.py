@@ -1,11 +1,11 @@
 """Lookahead, with the slow weights kept in the optimizer state.
 
-One step, as :func:`_update` runs it: take the slow weights from the params if
-this is the first update; run the inner optimizer; on a sync step, move the
-slow weights toward where the inner step would put the params and land the
-params on them; count the step. :func:`_update_and_apply` is the same step for
-loops that let the optimizer apply its own updates; the two share every helper
-below them.
+One step, as :func:`_update` runs it: the inner step (check the inputs, take
+the slow weights from the params if this is the first update, run the inner
+optimizer); on a sync step, move the slow weights toward where the inner step
+would put the params and land the params on them; count the step.
+:func:`_update_and_apply` is the same step for loops that let the optimizer
+apply its own updates; the two share every helper below them.
 """
 
 import dataclasses
@@ -235,11 +235,9 @@ def _init(config: LookaheadConfig, params) -> LookaheadState:
 
 def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
     """``tx.update``: the inner step, then the sync, as updates to apply."""
-    _check_step_inputs(updates, state, params)
     _rows.refuse_sparse(updates, "lookahead(...).update", _SPARSE_FIX)
-    slow = _slow_from_first_params(config, state, params)
-    inner_updates, inner_state = config.inner.update(
-        updates, state.inner_state, params, **extra_args
+    slow, inner_updates, inner_state = _inner_step(
+        config, updates, state, params, extra_args
     )
     _rows.refuse_sparse(inner_updates, "lookahead(...).update", _SPARSE_FIX)
     inner_updates = jax.tree.map(_in_params_precision, inner_updates, params)
@@ -260,19 +258,15 @@ def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
     updates, slow, inner_state, mirrors = _sync_if_due(
         config, state, sync, inner_updates, slow, inner_state
     )
-    return updates, LookaheadState(
-        _next_step(config, state.step), slow, inner_state, mirrors
-    )
+    return updates, _next_state(config, state, slow, inner_state, mirrors)
 
 
 def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_args):
     """The fused step: apply the inner updates, then sync the params."""
-    _check_step_inputs(updates, state, params)
     if not isinstance(config.inner, _rows.SparseTransformation):
         _rows.refuse_sparse(updates, "lookahead's inner optimizer", _SPARSE_FIX)
-    slow = _slow_from_first_params(config, state, params)
-    inner_updates, inner_state = config.inner.update(
-        updates, state.inner_state, params, **extra_args
+    slow, inner_updates, inner_state = _inner_step(
+        config, updates, state, params, extra_args
     )
     fast = _rows.apply_sparse_updates(params, inner_updates)
     alpha = _slow_step_size(config, state.step)
@@ -287,9 +281,21 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
     params, slow, inner_state, mirrors = _sync_if_due(
         config, state, sync, fast, slow, inner_state
     )
-    return params, LookaheadState(
-        _next_step(config, state.step), slow, inner_state, mirrors
+    return params, _next_state(config, state, slow, inner_state, mirrors)
+
+
+def _inner_step(config: LookaheadConfig, updates, state, params, extra_args):
+    """Checks the inputs; the slow weights for this step; the inner update."""
+    _check_step_inputs(updates, state, params)
+    slow = _slow_from_first_params(config, state, params)
+    inner_updates, inner_state = config.inner.update(
+        updates, state.inner_state, params, **extra_args
     )
+    return slow, inner_updates, inner_state
+
+
+def _next_state(config: LookaheadConfig, state, slow, inner_state, mirrors):
+    return LookaheadState(_next_step(config, state.step), slow, inner_state, mirrors)
 
 
 def _check_step_inputs(updates, state, params) -> None:
@@ -304,7 +310,7 @@ def _check_step_inputs(updates, state, params) -> None:
     expected = jax.tree.structure(state.slow)
     for name, tree in (("updates", updates), ("params", params)):
         structure = jax.tree.structure(tree, is_leaf=_rows.is_sparse)
-        if structure != expected:
+        if structure != expected:  # type: ignore[operator]  # stub lacks __ne__
             raise ValueError(
                 f"lookahead: the {name} do not have the tree structure the"
                 f" optimizer state was initialised with: got {structure}, expected"
@@ -314,9 +320,10 @@ def _check_step_inputs(updates, state, params) -> None:
         for path, leaf, slow in zip(
             *_paths_and_leaves(tree), jax.tree.leaves(state.slow), strict=True
         ):
-            shape, want = jnp.shape(leaf), jnp.shape(slow)
             if _rows.is_sparse(leaf):  # checked row by row where it is applied
-                shape, want = leaf.values.shape[1:], want[1:]
+                shape, want = leaf.values.shape[1:], jnp.shape(slow)[1:]
+            else:
+                shape, want = jnp.shape(leaf), jnp.shape(slow)
             if shape != want:
                 raise ValueError(
                     f"lookahead: {name}{jax.tree_util.keystr(path)} has shape"

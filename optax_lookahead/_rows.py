@@ -295,7 +295,9 @@ def gather_rows(table: jax.Array, ids) -> jax.Array:
 def scatter_rows(table: jax.Array, ids: jax.Array, rows: jax.Array) -> jax.Array:
     """``table`` with ``table[ids] = rows``; ids outside the table are dropped."""
     ids = clean_ids(ids, table.shape[0])
-    return table.at[ids].set(rows.astype(table.dtype), mode="drop")
+    return table.at[ids].set(
+        rows.astype(table.dtype), mode="drop", **_keep_layout(table)
+    )
 
 
 def apply_sparse_updates(params, updates):
@@ -337,7 +339,9 @@ def apply_sparse_updates(params, updates):
             return None
         if is_sparse(update):
             rows = checked_rows(update, param, jax.tree_util.keystr(path))
-            return param.at[rows.ids].add(rows.values.astype(param.dtype), mode="drop")
+            return param.at[rows.ids].add(
+                rows.values.astype(param.dtype), mode="drop", **_keep_layout(param)
+            )
         return add_update(param, update)
 
     try:
@@ -374,14 +378,31 @@ def _gather_sharding(ids, table):
     """The rows' sharding for a gather on an explicit-axes mesh, else ``None``.
 
     There JAX cannot choose the result's sharding of a gather from a row-sharded
-    table; the rows follow the ids (usually replicated) and keep the table's
-    columns whole. Elsewhere JAX chooses, and ``None`` says so.
+    table; the rows follow the ids (replicated when the ids are on no mesh) and
+    keep the table's columns whole. Elsewhere JAX chooses, and ``None`` says so.
     """
-    sharding = getattr(jax.typeof(ids), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    explicit = getattr(jax.sharding, "AxisType", None)
-    axis_types = getattr(mesh, "axis_types", ())
-    if explicit is None or explicit.Explicit not in tuple(axis_types):
+    mesh = _explicit_mesh(table)
+    if mesh is None:
         return None
-    spec = tuple(sharding.spec) + (None,) * (ids.ndim - len(sharding.spec))
-    return jax.sharding.PartitionSpec(*spec, *(None,) * (table.ndim - 1))
+    spec = tuple(getattr(getattr(jax.typeof(ids), "sharding", None), "spec", ()))
+    spec += (None,) * (ids.ndim - len(spec))
+    return jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(*spec, *(None,) * (table.ndim - 1))
+    )
+
+
+def _keep_layout(table) -> dict:
+    """``out_sharding=`` for a scatter into ``table`` on an explicit-axes mesh."""
+    if _explicit_mesh(table) is None:
+        return {}
+    return {"out_sharding": jax.typeof(table).sharding}
+
+
+def _explicit_mesh(table):
+    """The mesh of ``table`` if it has an explicit axis, else ``None``."""
+    mesh = getattr(getattr(jax.typeof(table), "sharding", None), "mesh", None)
+    explicit = getattr(jax.sharding, "AxisType", None)
+    axis_types = tuple(getattr(mesh, "axis_types", ()))
+    if explicit is None or explicit.Explicit not in axis_types:
+        return None
+    return mesh

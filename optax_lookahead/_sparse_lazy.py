@@ -89,7 +89,7 @@ def sparse_lazy(inner: optax.GradientTransformation) -> _rows.SparseTransformati
     """
     _lookahead_in_tree.check_wrappable("sparse_lazy", inner)
     inner = optax.with_extra_args_support(inner)
-    probed = set()  # the trees the row-wise probe has passed, by signature
+    probed: set = set()  # the trees the row-wise probe has passed, by signature
 
     def init_fn(params):
         inner_state = inner.init(params)
@@ -137,13 +137,13 @@ def _checked_rows(updates, params):
     def check(path, update, param):
         if not _rows.is_sparse(update):
             return None
-        rows = _rows.checked_rows(update, param, f"sparse_lazy {_name(path)}")
         if not jnp.issubdtype(update.ids.dtype, jnp.integer):
             raise TypeError(
                 f"sparse_lazy {_name(path)}: SparseRows.ids have dtype"
                 f" {update.ids.dtype}; a transformation before sparse_lazy treated"
                 " them as numbers. Put it inside: sparse_lazy(optax.chain(...))."
             )
+        rows = _rows.checked_rows(update, param, f"sparse_lazy {_name(path)}")
         return _rows.coalesce(rows, param.shape[0])
 
     return jax.tree_util.tree_map_with_path(

@@ -101,8 +101,13 @@ def mirror_trees(inner: optax.GradientTransformation, state) -> tuple:
     as params too, so a tuple of them can live in a state that is itself
     mapped (sharding specs, ``init`` from a layout probe).
     """
-    found = []
-    _map_whole_mirrors(inner, lambda tree: found.append(tree) or tree, state)
+    found: list = []
+
+    def collect(tree):
+        found.append(tree)
+        return tree
+
+    _map_whole_mirrors(inner, collect, state)
     return tuple(found)
 
 
@@ -161,9 +166,10 @@ def place_counters_like_params(state, params):
         if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
     ]
     meshes = {getattr(s, "mesh", None) for s in shardings}
-    if not shardings or len(meshes) != 1 or None in meshes:
+    mesh = meshes.pop() if len(meshes) == 1 else None
+    if mesh is None:
         return state
-    replicated = NamedSharding(meshes.pop(), PartitionSpec())
+    replicated = NamedSharding(mesh, PartitionSpec())
 
     def place(leaf):
         if (
@@ -196,4 +202,14 @@ def check_state_holds_rows(inner, state, tables, message: str) -> None:
             )
         return leaf
 
-    map_param_mirrors(inner, check, state, param_info=tables)
+    try:
+        map_param_mirrors(inner, check, state, param_info=tables)
+    except ValueError as error:
+        # Several arrays where the params hold one table (optax.sm3 keeps one
+        # statistic per axis): optax.tree.map_params cannot pair them.
+        if "pytree structure" not in str(error):
+            raise
+        want = next(tuple(t.shape) for t in jax.tree.leaves(tables))
+        raise ValueError(
+            message.format(got="(several arrays, one per axis)", want=want)
+        ) from None

@@ -279,6 +279,6 @@ def slow_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
       (Array(0., dtype=float32), Array(-0.1, dtype=float32))
     """
     slow = slow_params(nnx.as_pure(optimizer.opt_state))
-    graphdef, trained, rest = nnx.split(model, optimizer.wrt, ...)
+    graphdef, trained, *rest = nnx.split(model, optimizer.wrt, ...)
     nnx.replace_by_pure_dict(trained, nnx.to_pure_dict(slow))
-    return nnx.merge(graphdef, trained, rest)
+    return nnx.merge(graphdef, trained, *rest)

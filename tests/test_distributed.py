@@ -15,8 +15,19 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from optax_lookahead import LookaheadState, lazy_mask, lookahead, slow_params
+from optax_lookahead import (
+    LookaheadState,
+    lazy_mask,
+    lookahead,
+    slow_params,
+    sparse_lazy,
+    sparse_rows,
+    update_and_apply,
+)
 from tests.helpers import assert_trees_close, standard_promotion, step
+from tests.test_sparse import DIM as SPARSE_DIM
+from tests.test_sparse import ROWS as SPARSE_ROWS
+from tests.test_sparse import lookup_problem, moments
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (see the root conftest.py)"
@@ -461,3 +472,108 @@ def test_inner_state_options_trace_on_explicit_meshes(on_sync, sync_staging):
         got, state = run(sharded_params(mesh, MESH_SPECS["both_axes"]))
     assert_trees_close(got, want, rtol=1e-6, atol=1e-7)
     assert_state_follows_params(tx, state, got, 5 if on_sync == "pullback" else 3)
+
+
+def test_sparse_lazy_under_pmap_gathers_rows_across_devices():
+    params, batches, kernel_grads = lookup_problem(steps=5, per_step=16)
+    tx = sparse_lazy(standard_promotion(optax.adam(0.05)))
+
+    @partial(jax.pmap, axis_name="data")
+    def sparse_step(params, state, ids, row_grads, kernel):
+        # Each device looked up its own ids; gather them all, then combine:
+        # every replica applies the same (mean) sparse gradient.
+        all_ids = jax.lax.all_gather(ids, "data")
+        count = jax.lax.psum(1, "data")
+        all_grads = jax.lax.all_gather(row_grads, "data") / count
+        rows = sparse_rows(all_ids, all_grads, num_rows=SPARSE_ROWS)
+        kernel = jax.lax.pmean(kernel, "data")
+        return update_and_apply(
+            tx, params, state, {"embedding": rows, "kernel": kernel}
+        )
+
+    replicate = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * 8), tree)
+    replicated, state = replicate(params), replicate(tx.init(params))
+    single, single_state = params, tx.init(params)
+    for (ids, row_grads, _), kernel in zip(batches, kernel_grads, strict=True):
+        # 16 lookups per step, two on each device.
+        replicated, state = sparse_step(
+            replicated,
+            state,
+            ids.reshape(8, 2),
+            row_grads.reshape(8, 2, SPARSE_DIM),
+            jnp.stack([kernel] * 8),
+        )
+        mean = sparse_rows(ids, row_grads / 8, num_rows=SPARSE_ROWS)
+        single, single_state = update_and_apply(
+            tx, single, single_state, {"embedding": mean, "kernel": kernel}
+        )
+    for leaf in jax.tree.leaves(replicated):
+        for replica in range(1, 8):
+            np.testing.assert_array_equal(leaf[replica], leaf[0])
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda x: x[0], replicated), single, rtol=1e-6
+    )
+
+
+def test_sparse_lazy_on_a_row_sharded_table_under_jit():
+    mesh = jax.make_mesh((8,), ("rows",), axis_types=(AxisType.Auto,))
+    params, batches, _ = lookup_problem(steps=4)
+    params = {"embedding": params["embedding"][:48]}
+    sharded = jax.device_put(params, NamedSharding(mesh, P("rows", None)))
+    tx = sparse_lazy(standard_promotion(optax.adam(0.05)))
+    sparse_step = jax.jit(update_and_apply, static_argnums=0, donate_argnums=(1, 2))
+    state, sharded_state = tx.init(params), tx.init(sharded)
+    layout = sharded["embedding"].sharding
+    for ids, row_grads, _ in batches:
+        grads = {"embedding": sparse_rows(ids, row_grads, num_rows=48)}
+        params, state = sparse_step(tx, params, state, grads)
+        sharded, sharded_state = sparse_step(tx, sharded, sharded_state, grads)
+    chex.assert_trees_all_close(sharded, params, rtol=1e-6)
+    assert sharded["embedding"].sharding.is_equivalent_to(layout, 2)
+    for moment in moments(sharded_state):
+        assert moment["embedding"].sharding.is_equivalent_to(layout, 2)
+
+
+@pytest.mark.parametrize("outer", ["none", "lookahead"])
+def test_sparse_lazy_on_a_row_sharded_table_of_an_explicit_mesh(outer):
+    """On an explicit-axes mesh JAX will not choose the sharding of a gather
+    from (or a scatter into) a row-sharded table. The sparse step must trace,
+    with the ids on no mesh or replicated on it, equal the unsharded step, and
+    keep the table and Adam's moments sharded by rows."""
+    mesh = jax.make_mesh((8,), ("rows",), axis_types=(AxisType.Explicit,))
+    by_rows, replicated = NamedSharding(mesh, P("rows", None)), NamedSharding(mesh, P())
+    rng = np.random.default_rng(0)
+    params = {
+        "embedding": jnp.asarray(rng.normal(size=(VOCAB, DIM)), jnp.float32),
+        "kernel": jnp.asarray(rng.normal(size=(DIM, 4)), jnp.float32),
+    }
+    sharded = {
+        "embedding": jax.device_put(params["embedding"], by_rows),
+        "kernel": jax.device_put(params["kernel"], replicated),
+    }
+    tx = sparse_lazy(standard_promotion(optax.adam(0.05)))
+    if outer == "lookahead":
+        tx = lookahead(tx, sync_period=2)
+    sparse_step = jax.jit(update_and_apply, static_argnums=0)
+    state, sharded_state = tx.init(params), tx.init(sharded)
+    for i in range(3):
+        ids = jnp.asarray(rng.integers(-1, VOCAB, size=6), jnp.int32)  # -1: padding
+        grads = {
+            "embedding": sparse_rows(
+                ids, jnp.asarray(rng.normal(size=(6, DIM)), jnp.float32), VOCAB
+            ),
+            "kernel": jnp.asarray(rng.normal(size=(DIM, 4)), jnp.float32),
+        }
+        params, state = sparse_step(tx, params, state, grads)
+        if i == 1:  # once with the rows replicated on the mesh, else on no mesh
+            grads = jax.device_put(grads, replicated)
+        sharded, sharded_state = sparse_step(tx, sharded, sharded_state, grads)
+    chex.assert_trees_all_close(sharded, params, rtol=1e-6)
+    if outer == "lookahead":
+        chex.assert_trees_all_close(
+            slow_params(sharded_state), slow_params(state), rtol=1e-6
+        )
+    assert sharded["embedding"].sharding.is_equivalent_to(by_rows, 2)
+    for name in ("mu", "nu"):
+        moment = optax.tree.get(sharded_state, name)["embedding"]
+        assert moment.sharding.is_equivalent_to(by_rows, 2), (name, moment.sharding)

@@ -212,11 +212,10 @@ def _check_row_wise(inner, rows, params, probed: set) -> None:
     )
     if signature in probed:
         return
-    with jax.ensure_compile_time_eval():
-        try:
-            differs = _probe_differs(inner, sparse, params)
-        except Exception:  # noqa: BLE001 - e.g. an optimizer that needs extra args
-            differs = None  # cannot tell; the state-shape check still applies
+    try:
+        differs = _probe_differs(inner, sparse, params)
+    except Exception:  # noqa: BLE001 - e.g. an optimizer that needs extra args
+        differs = None  # cannot tell; the state-shape check still applies
     if differs:
         raise ValueError(
             "sparse_lazy: the wrapped optimizer does not treat the rows of"
@@ -235,48 +234,56 @@ def _probe_differs(inner, sparse, params):
     """The name of a leaf where the sparse and dense steps differ, or None."""
     rng = np.random.default_rng(0)
     sampled = np.array([False, True, False, True])
+    ids = np.flatnonzero(sampled)
 
     def stand_in(is_sparse, param):
         shape = jnp.shape(param)
         shape = (4,) + shape[1:] if is_sparse else tuple(min(d, 4) for d in shape)
-        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        return rng.standard_normal(shape).astype(np.float32)
 
     def gradient(is_sparse, param):
         grad = rng.standard_normal(param.shape).astype(np.float32)
         if is_sparse:
             grad[~sampled] = 0
-        return jnp.asarray(grad)
+        return grad
 
     stand_ins = jax.tree.map(stand_in, sparse, params)
     warm_grads = jax.tree.map(
-        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), stand_ins
+        lambda p: rng.standard_normal(p.shape).astype(np.float32), stand_ins
     )
-    state = inner.init(stand_ins)
-    _, state = inner.update(warm_grads, state, stand_ins)
     grads = jax.tree.map(gradient, sparse, stand_ins)
-    ids = jnp.flatnonzero(jnp.asarray(sampled))
 
-    dense_updates, dense_state = inner.update(grads, state, stand_ins)
-    row_flags = jax.tree.map(lambda s: jnp.asarray(sampled) if s else None, sparse)
-    dense_state = _state_tree.map_param_mirrors(
-        inner,
-        lambda new, old, flags: (
-            new
-            if flags is None
-            else jnp.where(_rows.broadcast_rows(flags, new), new, old)
-        ),
-        dense_state,
-        state,
-        param_info=row_flags,
-    )
-    sparse_grads = jax.tree.map(
-        lambda s, g: _rows.SparseRows(ids, g[ids], 4) if s else g, sparse, grads
-    )
-    rows = _checked_rows(sparse_grads, stand_ins)
-    row_updates, row_state = _row_step(inner, rows, sparse_grads, state, stand_ins)
+    def both_ways(stand_ins, warm_grads, grads):
+        _, state = inner.update(warm_grads, inner.init(stand_ins), stand_ins)
+        dense_updates, dense_state = inner.update(grads, state, stand_ins)
+        row_flags = jax.tree.map(lambda s: jnp.asarray(sampled) if s else None, sparse)
+        dense_state = _state_tree.map_param_mirrors(
+            inner,
+            lambda new, old, flags: (
+                new
+                if flags is None
+                else jnp.where(_rows.broadcast_rows(flags, new), new, old)
+            ),
+            dense_state,
+            state,
+            param_info=row_flags,
+        )
+        sparse_grads = jax.tree.map(
+            lambda s, g: _rows.SparseRows(ids, g[ids], 4) if s else g, sparse, grads
+        )
+        rows = _checked_rows(sparse_grads, stand_ins)
+        row_updates, row_state = _row_step(inner, rows, sparse_grads, state, stand_ins)
+        return dense_updates, dense_state, row_updates, row_state
+
+    # Compiled and called directly: it runs now, also while an outer jit traces.
+    inputs = (stand_ins, warm_grads, grads)
+    compiled = jax.jit(both_ways).lower(*inputs).compile()
+    # On the host as NumPy arrays: jnp operations here would join the trace.
+    outputs = jax.tree.map(np.asarray, compiled(*inputs))
+    dense_updates, dense_state, row_updates, row_state = outputs
 
     def close(a, b):
-        return np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+        return np.allclose(a, b, rtol=1e-4, atol=1e-6)
 
     flat_sparse = jax.tree_util.tree_leaves_with_path(sparse)
     flat_dense = jax.tree.leaves(dense_updates)

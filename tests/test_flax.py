@@ -167,6 +167,7 @@ def test_nnx_weights_loaded_after_the_optimizer_are_where_lookahead_starts():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint_format", ["orbax", "bytes"])
 def test_checkpoint_mid_period_resumes_bit_identically(tmp_path, checkpoint_format):
     """Saved at step 7 (k=5: between two syncs), restored in a fresh process."""

@@ -20,34 +20,30 @@ Variants: ``optax.adam`` (dense), ``lazy_mask(adam, freeze_state=True)``
 path of the compiled step, counting in-place scatters and gathers by the rows
 they move (benchmarks/hlo_bytes.py).
 
-Run (the 2M-row tables one fraction per process, so that each starts with a
-fresh heap on a 24 GiB machine; results merge into the --out file):
-    python benchmarks/bench_sparse.py --rows 200000 --out benchmarks/results/sparse-cpu.json
-    for f in 0.001 0.01 0.1; do python benchmarks/bench_sparse.py --rows 2000000 \
+Time figures are measured with glibc's default malloc and with the tunables of
+DESIGN.md section 3 (``--malloc``, see harness.py).
+
+Run from the repository root (the 2M-row tables one fraction per process, so
+that each starts with a fresh heap on a 24 GiB machine; results merge into the
+--out file):
+    python -m benchmarks.bench_sparse --rows 200000 --out benchmarks/results/sparse-cpu.json
+    for f in 0.001 0.01 0.1; do python -m benchmarks.bench_sparse --rows 2000000 \
         --fractions $f --repetitions 3 --out benchmarks/results/sparse-cpu.json; done
+On a GPU machine use ``--malloc default`` (benchmarks/gpu_all.sh).
 """
 
 import argparse
-import datetime
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cpu_env  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-cpu_env.reexec_with_malloc_tunables()
-
-import hlo_bytes  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import results_file  # noqa: E402
-
-from optax_lookahead import (  # noqa: E402
+from benchmarks import harness, hlo_bytes
+from optax_lookahead import (
     gather_rows,
     lazy_mask,
     lookahead,
@@ -56,6 +52,7 @@ from optax_lookahead import (  # noqa: E402
     update_and_apply,
 )
 
+MODULE = "benchmarks.bench_sparse"
 DIM, SYNC_PERIOD = 128, 5
 
 
@@ -182,7 +179,7 @@ def measure(rows, fraction, repetitions, whole_step):
     base = "adam (dense)"
     result = {}
     for name, runner in runners.items():
-        ratios = [s / b for s, b in zip(seconds[name], seconds[base])]
+        ratios = [s / b for s, b in zip(seconds[name], seconds[base], strict=True)]
         result[name] = {
             "time_ratio": statistics.median(ratios),
             "time_ratio_spread": [min(ratios), max(ratios)],
@@ -200,17 +197,12 @@ def main():
         "--fractions", type=float, nargs="+", default=[0.001, 0.01, 0.1]
     )
     parser.add_argument("--repetitions", type=int, default=5)
-    parser.add_argument("--out")
-    parser.add_argument("--no-reexec", action="store_true")
+    harness.add_arguments(parser)
     args = parser.parse_args()
     if args.repetitions < 1 or any(not 0 < f <= 1 for f in args.fractions):
         parser.error("--repetitions must be >= 1 and fractions in (0, 1]")
+    malloc = harness.settle_malloc(MODULE, args)
     results = []
-    lines = [
-        "| table rows | sampled | variant | optimizer step (time) | optimizer step"
-        " (bytes) | whole training step (time) |",
-        "|---|---|---|---|---|---|",
-    ]
     for rows in args.rows:
         for fraction in args.fractions:
             print(f"== {rows:,} rows, {fraction:.1%} sampled", flush=True)
@@ -224,47 +216,66 @@ def main():
                     "whole": whole,
                 }
             )
-            print("\n".join(table_rows(results[-1])), flush=True)
-    device = jax.devices()[0]
-    header = {
-        "date": datetime.date.today().isoformat(),
-        "device": f"{device.platform}: {device.device_kind}",
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "optax": optax.__version__,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-        "repetitions": args.repetitions,
-        "command": "python " + " ".join(sys.argv),
-    }
-    if args.out and os.path.exists(args.out):
-        # Merge with earlier runs (one process per table size or fraction keeps
-        # the heap small): newer results replace those of the same config.
-        with open(args.out) as f:
-            earlier = json.load(f)
-        fresh = {(r["rows"], r["fraction"]) for r in results}
-        results = [
-            r for r in earlier["results"] if (r["rows"], r["fraction"]) not in fresh
-        ] + results
-        results.sort(key=lambda r: (r["rows"], r["fraction"]))
-        header["command"] = earlier["header"]["command"] + "; " + header["command"]
-    table = "\n".join(lines[:2] + [line for r in results for line in table_rows(r)])
+    header = harness.environment(MODULE, malloc, repetitions=args.repetitions)
     print(json.dumps(header, indent=1))
-    print(table)
+    runs = {malloc: {"header": header, "results": results}}
     if args.out:
-        results_file.write(args.out, header, results, table)
+        runs = harness.write_run(args.out, header, results, merge)["runs"]
+    print(table(runs))
+    harness.finish(args)
 
 
-def table_rows(result):
-    rows, fraction = result["rows"], result["fraction"]
-    optimizer, whole = result["optimizer"], result["whole"]
-    return [
-        f"| {rows:,} | {fraction:.1%} | `{name}` |"
-        f" {optimizer[name]['time_ratio']:.3f}x"
-        f" ({1e3 * optimizer[name]['seconds']:.2f} ms) |"
-        f" {optimizer[name]['bytes_ratio']:.3f}x |"
-        f" {whole[name]['time_ratio']:.3f}x ({1e3 * whole[name]['seconds']:.2f} ms) |"
-        for name in optimizer
+def merge(earlier, results):
+    """Earlier results and new ones; new ones replace those of the same table
+    size and fraction."""
+    fresh = {(r["rows"], r["fraction"]) for r in results}
+    kept = [r for r in earlier if (r["rows"], r["fraction"]) not in fresh]
+    return sorted(kept + results, key=lambda r: (r["rows"], r["fraction"]))
+
+
+def table(runs):
+    """The markdown table of a results file's runs: time per malloc setting
+    (default / tuned), bytes from the compiled program."""
+    settings = [m for m in harness.MALLOC_ORDER if m in runs]
+    by_config = {}  # (rows, fraction) -> {malloc: result}
+    for malloc in settings:
+        for result in runs[malloc]["results"]:
+            key = (result["rows"], result["fraction"])
+            by_config.setdefault(key, {})[malloc] = result
+    lines = [
+        "| table rows | sampled | variant | optimizer step, time (default / tuned"
+        " malloc) | optimizer step (bytes) | whole training step, time (default /"
+        " tuned) |",
+        "|---|---|---|---|---|---|",
     ]
+    for (rows, fraction), measured in sorted(by_config.items()):
+        names = list(
+            dict.fromkeys(n for r in measured.values() for n in r["optimizer"])
+        )
+        for name in names:
+            optimizer, whole = (
+                _times(measured, part, name) for part in ("optimizer", "whole")
+            )
+            first = next(r for r in measured.values() if name in r["optimizer"])
+            lines.append(
+                f"| {rows:,} | {fraction:.1%} | `{name}` | {optimizer} |"
+                f" {first['optimizer'][name]['bytes_ratio']:.3f}x |"
+                f" {whole} |"
+            )
+    return "\n".join(lines)
+
+
+def _times(measured, part, name):
+    """``default / tuned`` time cells of one variant, ``-`` where not measured."""
+    cells = []
+    for malloc in harness.MALLOC_ORDER:
+        figure = measured.get(malloc, {}).get(part, {}).get(name)
+        cells.append(
+            f"{figure['time_ratio']:.3f}x ({1e3 * figure['seconds']:.2f} ms)"
+            if figure
+            else "-"
+        )
+    return " / ".join(cells)
 
 
 if __name__ == "__main__":

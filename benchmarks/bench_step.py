@@ -5,11 +5,16 @@ Every variant is a jitted step that donates params and optimizer state:
 the fused ``update_and_apply``). Variants are measured interleaved, in one
 process, over several repetitions; each figure is a ratio to ``optax.adam``
 measured in the same repetition, and the table shows the median over
-repetitions. Three workloads: ~16.8M dense float32 params; an embedding table
-of 200,000 x 128 (1% and 100% of rows sampled); and the seed's IMDB model
-(Embed -> LSTM -> Dense) whole training step, forward and backward included.
+repetitions. Four workloads: ~16.8M dense float32 params (``dense``); an
+embedding table of 200,000 x 128 with 1% and 100% of rows sampled
+(``embedding_1pct``, ``embedding_all``); and the whole training step of the
+IMDB-size model, Embed(20000,128) -> LSTM(128) -> Dense(1) on a batch of 32 x
+80 tokens, forward and backward included (``model``; its sparse variants take
+the embedding's gradient as the looked-up rows, ``gather_rows`` and
+``sparse_rows``).
 
-Time figures (ratios):
+Time figures (ratios), each measured with glibc's default malloc and with the
+tunables of DESIGN.md section 3 (``--malloc``, see harness.py):
 - non-sync: median time of a blocked step that is not a sync;
 - sync: median time of a blocked sync step;
 - mean: an unblocked run of whole periods (k=5 steps), divided by its steps.
@@ -18,47 +23,44 @@ Compiled-program figures (machine independent, from XLA's own analysis):
   step. XLA's ``cost_analysis()`` reports a ``lax.cond`` as its most expensive
   branch, so hlo_bytes.py sums XLA's per-instruction figure (operands plus
   result) along each path of the optimized HLO; on programs without a cond it
-  equals ``cost_analysis()['bytes accessed']`` (checked in the JSON output);
+  equals ``cost_analysis()['bytes accessed']`` (tests/test_benchmarks.py). The sync
+  path is a steady-state sync, not the first update (see ``sync_path``);
 - temp: ``memory_analysis().temp_size_in_bytes``;
 - copies: ``copy`` instructions of a param-size shape along each path;
 - state: persistent optimizer-state bytes, in param-copies beyond adam's.
 
-Run (CPU figures in BENCHMARKS.md):
-    python benchmarks/bench_step.py --out benchmarks/results/cpu.json
-Set ``--quick`` for a smoke run. On CPU the script re-executes itself with
-glibc malloc tunables that stop large temporaries from being mapped and
-unmapped every step (DESIGN.md section 3), and says so.
+Run from the repository root (CPU figures in BENCHMARKS.md):
+    python -m benchmarks.bench_step --out benchmarks/results/cpu.json
+``--malloc both`` (the default) measures under the tuned malloc in a child
+process, then under the default one; ``--quick`` is a smoke run; on a GPU
+machine use ``--malloc default`` (benchmarks/gpu_all.sh).
 """
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cpu_env  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-cpu_env.reexec_with_malloc_tunables()
-
-import hlo_bytes  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import results_file  # noqa: E402
-
-from optax_lookahead import (  # noqa: E402
-    _lookahead,
+from benchmarks import harness, hlo_bytes
+from optax_lookahead import (
+    gather_rows,
     lazy_mask,
     lookahead,
-    update_and_apply,  # noqa: E402
+    sparse_lazy,
+    sparse_rows,
+    update_and_apply,
 )
 
+MODULE = "benchmarks.bench_step"
 SYNC_PERIOD = 5
+DENSE_SIDE, DENSE_MATRICES = 2048, 4
+TABLE_ROWS, TABLE_DIM = 200_000, 128
+VOCAB, BATCH, TOKENS = 20_000, 32, 80
 
 
 # ----------------------------------------------------------------------------
@@ -66,12 +68,12 @@ SYNC_PERIOD = 5
 
 
 def dense_params(quick):
-    side = 512 if quick else 2048
-    keys = jax.random.split(jax.random.key(0), 4)
+    side = 512 if quick else DENSE_SIDE
+    keys = jax.random.split(jax.random.key(0), DENSE_MATRICES)
     return {f"w{i}": jax.random.normal(k, (side, side)) for i, k in enumerate(keys)}
 
 
-def embedding_params(quick, rows=200_000, dim=128):
+def embedding_params(quick, rows=TABLE_ROWS, dim=TABLE_DIM):
     rows = rows // 20 if quick else rows
     table = jax.random.normal(jax.random.key(1), (rows, dim))
     return {"embedding": table}
@@ -87,7 +89,12 @@ def sampled_grads(params, fraction, seed=0):
 
 
 def optimizer_variants(names):
+    """Variant name -> (step kind, optimizer factory)."""
     adam = lambda: optax.adam(1e-3)
+
+    def staged(inner, staging):
+        return lambda: lookahead(inner(), SYNC_PERIOD, sync_staging=staging)
+
     table = {
         "adam": ("plain", adam),
         "optax.lookahead(adam)": (
@@ -99,17 +106,14 @@ def optimizer_variants(names):
             "fused",
             lambda: lookahead(adam(), SYNC_PERIOD),
         ),
-        # The two ways to stage out the sync, forced (the library picks one
-        # per platform): see FORCE_SYNC_STRATEGY in optax_lookahead/_lookahead.py.
-        "lookahead(adam) [branch]": ("plain/branch", lambda: lookahead(adam())),
-        "lookahead(adam) [select]": ("plain/select", lambda: lookahead(adam())),
-        "update_and_apply(lookahead(adam)) [branch]": (
-            "fused/branch",
-            lambda: lookahead(adam()),
-        ),
+        # The two ways to stage the sync, chosen explicitly (the default,
+        # "auto", picks "cond" on CPU and "select" elsewhere).
+        "lookahead(adam) [cond]": ("plain", staged(adam, "cond")),
+        "lookahead(adam) [select]": ("plain", staged(adam, "select")),
+        "update_and_apply(lookahead(adam)) [cond]": ("fused", staged(adam, "cond")),
         "update_and_apply(lookahead(adam)) [select]": (
-            "fused/select",
-            lambda: lookahead(adam()),
+            "fused",
+            staged(adam, "select"),
         ),
         "lazy_mask(adam)": ("plain", lambda: lazy_mask(adam())),
         "lazy_mask(adam, freeze_state)": (
@@ -124,13 +128,19 @@ def optimizer_variants(names):
             "fused",
             lambda: lookahead(lazy_mask(adam()), SYNC_PERIOD),
         ),
+        # Model workload only: the embedding's gradient as the looked-up rows.
+        "sparse_lazy(adam)": ("sparse", lambda: sparse_lazy(adam())),
+        "update_and_apply(lookahead(sparse_lazy(adam)))": (
+            "sparse",
+            lambda: lookahead(sparse_lazy(adam()), SYNC_PERIOD),
+        ),
     }
     return {name: table[name] for name in names}
 
 
 def make_step(kind, tx):
     """A step (params, state, batch) -> (params, state), given the grads."""
-    if kind == "fused":
+    if kind in ("fused", "sparse"):
         return lambda params, state, grads: update_and_apply(tx, params, state, grads)
     if kind == "optax_lookahead_pair":
 
@@ -160,7 +170,7 @@ def initial(kind, tx, params):
 
 
 def lstm_model_params(quick):
-    vocab, dim = (2000 if quick else 20_000), 128
+    vocab, dim = (2000 if quick else VOCAB), 128
     keys = jax.random.split(jax.random.key(2), 4)
     return {
         "embedding": jax.random.uniform(
@@ -175,8 +185,11 @@ def lstm_model_params(quick):
     }
 
 
-def lstm_loss(params, words, labels):
-    embedded = params["embedding"][words]  # (batch, time, dim)
+def lstm_loss(params, words, labels, embedded=None):
+    """The model's loss; ``embedded`` (the looked-up rows) replaces the lookup
+    when given, so that the gradient can be taken with respect to the rows."""
+    if embedded is None:
+        embedded = params["embedding"][words]  # (batch, time, dim)
     dim = embedded.shape[-1]
 
     def cell(carry, x):
@@ -195,12 +208,24 @@ def lstm_loss(params, words, labels):
 
 
 def make_model_step(kind, tx):
+    """Forward, backward and update of the LSTM model on one batch."""
     inner = make_step(kind, tx)
 
     def step(params, state, batch):
         words, labels = batch
         fast = params.fast if kind == "optax_lookahead_pair" else params
-        grads = jax.grad(lstm_loss)(fast, words, labels)
+        if kind == "sparse":  # differentiate with respect to the looked-up rows
+            table = fast["embedding"]
+            rows = gather_rows(table, words)
+            grads, row_grads = jax.grad(lstm_loss, argnums=(0, 3))(
+                fast, words, labels, rows
+            )
+            grads = {
+                **grads,
+                "embedding": sparse_rows(words, row_grads, num_rows=table.shape[0]),
+            }
+        else:
+            grads = jax.grad(lstm_loss)(fast, words, labels)
         return inner(params, state, grads)
 
     return step
@@ -224,6 +249,25 @@ def param_shapes(params):
     }
 
 
+def sync_path(hlo_text):
+    """The branches a steady-state sync step takes (see hlo_bytes.py).
+
+    A lookahead step staged with ``lax.cond`` has two conditionals, in this
+    order: the first update's (take the slow weights from the params, at
+    step 0 only) and the sync's. A sync step takes the first's false branch and
+    the second's true one. Programs without conditionals have one path.
+    """
+    count = hlo_bytes.conditionals(hlo_text)
+    if count == 0:
+        return 0
+    if count == 2:
+        return (0, 1)
+    raise RuntimeError(
+        f"expected lookahead's two conditionals (first update, sync), found"
+        f" {count}: update bench_step.sync_path to the library's staging"
+    )
+
+
 def compiled_figures(step, params, state, batch, kind):
     """Bytes and param-size copies along the non-sync and the sync path of the
     real compiled step (see hlo_bytes.py), XLA's own bytes figure (which costs
@@ -239,10 +283,10 @@ def compiled_figures(step, params, state, batch, kind):
         "xla_bytes": float(cost.get("bytes accessed", float("nan"))),
         "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
     }
-    for label, branch in (("non_sync", 0), ("sync", 1)):
+    for label, path in (("non_sync", 0), ("sync", sync_path(text))):
         figures[label] = {
-            "bytes": hlo_bytes.path_bytes(text, branch),
-            "param_copies": hlo_bytes.path_copies(text, branch, shapes),
+            "bytes": hlo_bytes.path_bytes(text, path),
+            "param_copies": hlo_bytes.path_copies(text, path, shapes),
         }
     return figures
 
@@ -255,16 +299,6 @@ class Runner:
     """One compiled, donated step of one variant, with its live buffers."""
 
     def __init__(self, kind, tx, params, batch, model_step):
-        kind, _, strategy = kind.partition("/")
-        # Tracing happens here, in __init__, so the forced strategy only needs
-        # to hold while it runs.
-        _lookahead.FORCE_SYNC_STRATEGY = strategy or None
-        try:
-            self._build(kind, tx, params, batch, model_step)
-        finally:
-            _lookahead.FORCE_SYNC_STRATEGY = None
-
-    def _build(self, kind, tx, params, batch, model_step):
         self.kind = kind
         step = (make_model_step if model_step else make_step)(kind, tx)
         self.step = jax.jit(step, donate_argnums=(0, 1))
@@ -364,31 +398,117 @@ def measure_workload(name, params, batch, variants, repetitions, periods, model_
     return results
 
 
-def markdown(all_results, workloads_meta):
+WORKLOADS = ("dense", "embedding_1pct", "embedding_all", "model")
+DENSE_NAMES = [
+    "adam",
+    "optax.lookahead(adam)",
+    "lookahead(adam)",
+    "update_and_apply(lookahead(adam))",
+    "lookahead(adam) [cond]",
+    "lookahead(adam) [select]",
+    "update_and_apply(lookahead(adam)) [cond]",
+    "update_and_apply(lookahead(adam)) [select]",
+]
+LAZY_NAMES = [
+    "adam",
+    "lazy_mask(adam)",
+    "lazy_mask(adam, freeze_state)",
+    "lookahead(lazy_mask(adam))",
+    "update_and_apply(lookahead(lazy_mask(adam)))",
+]
+MODEL_NAMES = [
+    *dict.fromkeys(DENSE_NAMES[:4] + LAZY_NAMES),
+    "sparse_lazy(adam)",
+    "update_and_apply(lookahead(sparse_lazy(adam)))",
+]
+
+
+def describe(workload, quick=False):
+    """What a workload measures, for the report."""
+    shrink = " (quick sizes)" if quick else ""
+    if workload == "dense":
+        side = 512 if quick else DENSE_SIDE
+        return f"{DENSE_MATRICES * side * side:,} f32 params{shrink}"
+    if workload.startswith("embedding"):
+        rows = TABLE_ROWS // 20 if quick else TABLE_ROWS
+        fraction = 0.01 if workload == "embedding_1pct" else 1.0
+        return f"table {rows:,} x {TABLE_DIM}, {fraction:.0%} rows sampled{shrink}"
+    vocab = 2000 if quick else VOCAB
+    return (
+        f"IMDB model Embed({vocab},128)-LSTM(128)-Dense(1), batch {BATCH} x"
+        f" {TOKENS} tokens, forward + backward + update (the whole training"
+        f" step){shrink}"
+    )
+
+
+def table(runs):
+    """The markdown tables of a results file's runs, time figures per malloc
+    setting (default / tuned), compiled figures from the first run that has
+    them (they do not depend on malloc)."""
+    settings = [m for m in harness.MALLOC_ORDER if m in runs]
+    quick = any(runs[m]["header"].get("quick") for m in settings)
+    workloads = [w for w in WORKLOADS if any(w in runs[m]["results"] for m in settings)]
     lines = []
-    for workload, results in all_results.items():
-        meta = workloads_meta[workload]
+    for workload in workloads:
+        by_malloc = {m: runs[m]["results"].get(workload, {}) for m in settings}
+        variants = list(dict.fromkeys(v for r in by_malloc.values() for v in r))
+        adam_ms = [
+            f"{1e3 * r['adam']['adam_seconds']['non_sync']:.2f} ms {m}"
+            for m, r in by_malloc.items()
+            if "adam" in r
+        ]
         lines.append(f"\n### {workload}\n")
         lines.append(
-            f"adam step: {1e3 * results['adam']['adam_seconds']['non_sync']:.2f} ms"
-            f" ({meta})\n"
+            f"adam step: {', '.join(adam_ms)} malloc ({describe(workload, quick)})\n"
         )
         lines.append(
-            "| variant | time non-sync | time sync | time mean | bytes non-sync |"
+            "| variant | time non-sync (default / tuned malloc) | time sync"
+            " (default / tuned) | time mean (default / tuned) | bytes non-sync |"
             " bytes sync | temp MiB | param-size copies | extra state"
             " (param copies) |"
         )
         lines.append("|---|---|---|---|---|---|---|---|---|")
-        for variant, r in results.items():
-            t, b = r["time_ratio"], r["bytes_ratio"]
-            temp = f"{r['temp_bytes'] / 2**20:.1f}"
-            copies = "/".join(str(r["param_copies"][k]) for k in ("non_sync", "sync"))
+        for variant in variants:
+            measured = {m: r[variant] for m, r in by_malloc.items() if variant in r}
+            first = next(iter(measured.values()))
+            times = [
+                " / ".join(
+                    f"{measured[m]['time_ratio'][figure]:.2f}x"
+                    if m in measured
+                    else "-"
+                    for m in harness.MALLOC_ORDER
+                )
+                for figure in ("non_sync", "sync", "mean")
+            ]
+            b = first["bytes_ratio"]
+            copies = "/".join(
+                str(first["param_copies"][k]) for k in ("non_sync", "sync")
+            )
             lines.append(
-                f"| `{variant}` | {t['non_sync']:.2f}x | {t['sync']:.2f}x |"
-                f" {t['mean']:.2f}x | {b['non_sync']:.2f}x | {b['sync']:.2f}x |"
-                f" {temp} | {copies} | {r['extra_state_param_copies']:.2f} |"
+                f"| `{variant}` | {' | '.join(times)} | {b['non_sync']:.2f}x |"
+                f" {b['sync']:.2f}x | {first['temp_bytes'] / 2**20:.1f} | {copies} |"
+                f" {first['extra_state_param_copies']:.2f} |"
             )
     return "\n".join(lines)
+
+
+def workload_inputs(workload, quick):
+    """(params, batch, variant names, whether the batch is model data)."""
+    if workload == "dense":
+        params = dense_params(quick)
+        return params, jax.tree.map(lambda x: 1e-3 * x, params), DENSE_NAMES, False
+    if workload.startswith("embedding"):
+        params = embedding_params(quick)
+        fraction = 0.01 if workload == "embedding_1pct" else 1.0
+        return params, sampled_grads(params, fraction), LAZY_NAMES, False
+    params = lstm_model_params(quick)
+    rng = np.random.default_rng(0)
+    vocab = params["embedding"].shape[0]
+    batch = (
+        jnp.asarray(rng.integers(0, vocab, size=(BATCH, TOKENS)), jnp.int32),
+        jnp.asarray(rng.integers(0, 2, size=BATCH).astype(np.float32)),
+    )
+    return params, batch, MODEL_NAMES, True
 
 
 def main():
@@ -397,70 +517,18 @@ def main():
     parser.add_argument("--repetitions", type=int, default=7)
     parser.add_argument("--periods", type=int, default=4, help="periods per measure")
     parser.add_argument(
-        "--workloads",
-        nargs="+",
-        default=["dense", "embedding_1pct", "embedding_all", "model"],
+        "--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS
     )
-    parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument(
-        "--no-reexec", action="store_true", help="skip the malloc tunables (GPU)"
-    )
+    harness.add_arguments(parser)
     args = parser.parse_args()
     if args.repetitions < 1 or args.periods < 1:
         parser.error("--repetitions and --periods must be >= 1")
+    malloc = harness.settle_malloc(MODULE, args)
     repetitions = 2 if args.quick else args.repetitions
 
-    dense_names = [
-        "adam",
-        "optax.lookahead(adam)",
-        "lookahead(adam)",
-        "update_and_apply(lookahead(adam))",
-        "lookahead(adam) [branch]",
-        "lookahead(adam) [select]",
-        "update_and_apply(lookahead(adam)) [branch]",
-        "update_and_apply(lookahead(adam)) [select]",
-    ]
-    lazy_names = [
-        "adam",
-        "lazy_mask(adam)",
-        "lazy_mask(adam, freeze_state)",
-        "lookahead(lazy_mask(adam))",
-        "update_and_apply(lookahead(lazy_mask(adam)))",
-    ]
-    all_names = list(dict.fromkeys(dense_names[:4] + lazy_names))
-    results, meta = {}, {}
+    results = {}
     for workload in args.workloads:
-        if workload == "dense":
-            params = dense_params(args.quick)
-            batch = jax.tree.map(lambda x: 1e-3 * x, params)
-            names, model_step = dense_names, False
-            meta[workload] = (
-                f"{sum(x.size for x in jax.tree.leaves(params)):,} f32 params"
-            )
-        elif workload.startswith("embedding"):
-            params = embedding_params(args.quick)
-            fraction = 0.01 if workload == "embedding_1pct" else 1.0
-            batch = sampled_grads(params, fraction)
-            names, model_step = lazy_names, False
-            rows = params["embedding"].shape
-            meta[workload] = (
-                f"table {rows[0]:,} x {rows[1]}, {fraction:.0%} rows sampled"
-            )
-        elif workload == "model":
-            params = lstm_model_params(args.quick)
-            rng = np.random.default_rng(0)
-            vocab = params["embedding"].shape[0]
-            batch = (
-                jnp.asarray(rng.integers(0, vocab, size=(32, 80))),
-                jnp.asarray(rng.integers(0, 2, size=32).astype(np.float32)),
-            )
-            names, model_step = all_names, True
-            meta[workload] = (
-                "IMDB model Embed(20000,128)-LSTM(128)-Dense(1), batch 32 x 80 tokens,"
-                " forward + backward + update"
-            )
-        else:
-            parser.error(f"unknown workload {workload!r}")
+        params, batch, names, model_step = workload_inputs(workload, args.quick)
         results[workload] = measure_workload(
             workload,
             params,
@@ -470,25 +538,22 @@ def main():
             args.periods,
             model_step,
         )
-    device = jax.devices()[0]
-    header = {
-        "date": datetime.date.today().isoformat(),
-        "device": f"{device.platform}: {device.device_kind}",
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "jax": jax.__version__,
-        "optax": optax.__version__,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-        "repetitions": repetitions,
-        "periods": args.periods,
-        "sync_period": SYNC_PERIOD,
-        "command": "python " + " ".join(sys.argv),
-    }
-    table = markdown(results, meta)
+        del params, batch
+    header = harness.environment(
+        MODULE,
+        malloc,
+        repetitions=repetitions,
+        periods=args.periods,
+        sync_period=SYNC_PERIOD,
+        quick=args.quick,
+    )
     print(json.dumps(header, indent=1))
-    print(table)
+    runs = {malloc: {"header": header, "results": results}}
     if args.out:
-        results_file.write(args.out, header, results, table)
+        merge = lambda earlier, new: {**earlier, **new}
+        runs = harness.write_run(args.out, header, results, merge)["runs"]
+    print(table(runs))
+    harness.finish(args)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,13 @@ XLA's ``cost_analysis()`` reports a ``conditional`` as its most expensive
 branch, so a lookahead step is always costed as a sync step. This module reads
 the optimized HLO text and sums, for every instruction that runs on the chosen
 path, the bytes of its operands and its result, as XLA's own cost model does
-for fusions; the benchmark checks it against ``cost_analysis()`` on programs
-without conditionals.
+for fusions (a ``tuple`` counts, as there, 8 bytes per element for its
+table of pointers). On a program without conditionals (and without the
+scatters and gathers below) the sum equals ``cost_analysis()["bytes
+accessed"]``; tests/test_benchmarks.py checks this.
+
+A path names a branch for each conditional it reaches, in the order the
+program reaches them (nested ones included), or one branch for all of them.
 
 Two deliberate differences, for the sparse optimizer's row updates: a scatter
 into a buffer it updates in place (``table.at[ids].set(rows)`` on a donated
@@ -32,11 +37,13 @@ _BYTES = {
     "f64": 8,
 }
 
+# What XLA's cost analysis counts for each element of a tuple it builds.
+_POINTER_BYTES = 8
+
 # Instructions that move no data of their own.
 _FREE = {
     "parameter",
     "constant",
-    "tuple",
     "get-tuple-element",
     "bitcast",
     "after-all",
@@ -94,17 +101,38 @@ def _computations(hlo_text: str):
     return computations
 
 
-def path_instructions(hlo_text: str, branch: int):
+def path_instructions(hlo_text: str, branch):
     """Yields (result shape, op, bytes accessed) for each instruction that runs
-    when every ``conditional`` takes ``branch`` (0 is ``lax.cond``'s false
-    branch, 1 its true branch). Loop bodies are counted once."""
+    when the program's conditionals take ``branch``: one branch index for all
+    of them, or a sequence of one per conditional in the order they are reached
+    (0 is ``lax.cond``'s false branch, 1 its true branch). Loop bodies are
+    counted once."""
     computations = _computations(hlo_text)
+    if isinstance(branch, int):
+        choices = None
+    else:
+        choices = iter(branch)
+
+    def choose(names):
+        if choices is None:
+            chosen = branch
+        else:
+            chosen = next(choices, None)
+            if chosen is None:
+                raise ValueError(
+                    f"the path {tuple(branch)} names fewer branches than the"
+                    " program has conditionals (see conditionals())"
+                )
+        return names[min(chosen, len(names) - 1)]
 
     def walk(computation: str):
         instructions = computations[computation]
         shapes = {name: shape for name, shape, *_ in instructions}
         for _, shape, op, operands, attrs in instructions:
             if op in _FREE:
+                continue
+            if op == "tuple":  # XLA counts its table of pointers, not the data
+                yield shape, op, _POINTER_BYTES * len(operands)
                 continue
             if op == "conditional":
                 branches = re.search(r"branch_computations=\{([^}]*)\}", attrs)
@@ -114,7 +142,7 @@ def path_instructions(hlo_text: str, branch: int):
                     false = re.search(r"false_computation=%([\w.\-]+)", attrs)
                     true = re.search(r"true_computation=%([\w.\-]+)", attrs)
                     names = [false.group(1), true.group(1)]
-                yield from walk(names[min(branch, len(names) - 1)])
+                yield from walk(choose(names))
                 continue
             if op in ("while", "call"):
                 body = re.search(r"(?:body|to_apply)=%([\w.\-]+)", attrs)
@@ -160,12 +188,37 @@ def _gathered_operands(computations, fused: str) -> set:
     return gathered
 
 
-def path_bytes(hlo_text: str, branch: int) -> int:
+def conditionals(hlo_text: str) -> int:
+    """How many conditionals the path of false branches reaches."""
+    return sum(op == "conditional" for _, op, _ in _all_ops(hlo_text))
+
+
+def _all_ops(hlo_text: str):
+    """Like :func:`path_instructions` on the false branches, conditionals
+    included (with no bytes of their own)."""
+    computations = _computations(hlo_text)
+
+    def walk(computation: str):
+        for _, shape, op, _, attrs in computations[computation]:
+            if op == "conditional":
+                yield shape, op, 0
+                branches = re.search(r"branch_computations=\{%([\w.\-]+)", attrs)
+                false = re.search(r"false_computation=%([\w.\-]+)", attrs)
+                yield from walk((branches or false).group(1))
+            elif op in ("while", "call"):
+                body = re.search(r"(?:body|to_apply)=%([\w.\-]+)", attrs)
+                if body:
+                    yield from walk(body.group(1))
+
+    yield from walk("__entry__")
+
+
+def path_bytes(hlo_text: str, branch) -> int:
     """Bytes accessed along the path of :func:`path_instructions`."""
     return sum(moved for _, _, moved in path_instructions(hlo_text, branch))
 
 
-def path_copies(hlo_text: str, branch: int, shapes) -> int:
+def path_copies(hlo_text: str, branch, shapes) -> int:
     """``copy`` instructions along the path whose result has one of ``shapes``
     (strings such as ``"f32[2048,2048]"``)."""
     return sum(

@@ -1,13 +1,16 @@
 """Writes BENCHMARKS.md from the JSON files in benchmarks/results/.
 
-Run after the benchmarks:
-    python benchmarks/write_report.py
-Every number in BENCHMARKS.md comes from those files; the prose around the
-tables is here, next to the code that fills them in.
+Run from the repository root after the benchmarks:
+    python -m benchmarks.write_report
+Every number in BENCHMARKS.md comes from those files (their layout is in
+harness.py); the tables are drawn by the benchmarks' own ``table`` functions,
+the prose around them is here.
 """
 
 import json
 import pathlib
+
+from benchmarks import bench_sparse, bench_step, harness
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -19,138 +22,163 @@ def load(name):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def header_line(header):
-    tunables = header.get("glibc_tunables") or "unset"
-    return (
-        f"date {header['date']}; {header['device']}, {header['cpu_count']} CPU"
-        f" cores; jax {header['jax']}, optax {header['optax']};"
-        f" {header['repetitions']} repetitions; GLIBC_TUNABLES {tunables};"
-        f" command `{header['command']}`"
-    )
+def header_lines(data):
+    """One line per malloc setting: where, when and how its figures were made."""
+    lines = []
+    for malloc in harness.MALLOC_ORDER:
+        run = data["runs"].get(malloc)
+        if run is None:
+            lines.append(f"- malloc {malloc}: not measured yet")
+            continue
+        header = run["header"]
+        tunables = header.get("glibc_tunables") or "unset"
+        cpu = f" ({header['cpu']})" if header.get("cpu") else ""
+        lines.append(
+            f"- malloc {malloc}: date {header['date']}; {header['device']}{cpu},"
+            f" {header['cpu_count']} CPU cores; jax {header['jax']}, optax"
+            f" {header['optax']}; {header['repetitions']} repetitions;"
+            f" GLIBC_TUNABLES {tunables}; command `{header['command']}`"
+        )
+    return "\n".join(lines) + "\n"
 
 
-def targets_table(cpu):
-    results = cpu["results"]
+def targets_table(data):
+    """Issue 6's targets against the CPU figures, per malloc setting."""
+    runs = data["runs"]
+    any_run = next(iter(runs.values()))["results"]
 
-    def time(workload, variant, figure):
-        return results[workload][variant]["time_ratio"][figure]
-
-    def spread(workload, variant, figure):
-        low, high = results[workload][variant]["time_ratio_spread"][figure]
-        return f"{low:.2f}-{high:.2f}"
+    def figure(malloc, workload, variant, name):
+        results = runs.get(malloc, {}).get("results", {})
+        measured = results.get(workload, {}).get(variant)
+        if measured is None:
+            return None, None
+        low, high = measured["time_ratio_spread"][name]
+        return measured["time_ratio"][name], f"{low:.2f}-{high:.2f}"
 
     la, fused = "lookahead(adam)", "update_and_apply(lookahead(adam))"
     su, frozen = "lazy_mask(adam)", "lazy_mask(adam, freeze_state)"
-    dense, every = results["dense"], results["embedding_all"]
-
-    def verdict(value, limit):
-        return "met" if value <= limit else f"missed by {value - limit:.2f}x"
-
-    rows = [
+    timed = [
+        ("`lookahead(adam)` non-sync step", 1.20, "dense", la, "non_sync"),
+        ("`lookahead(adam)` mean over a period", 1.40, "dense", la, "mean"),
         (
-            "`lookahead(adam)` non-sync step",
+            "`lookahead(adam)` non-sync, the identical program measured again"
+            " (`[cond]`)",
             1.20,
-            time("dense", la, "non_sync"),
-            spread("dense", la, "non_sync"),
-        ),
-        (
-            "`lookahead(adam)` mean over a period",
-            1.40,
-            time("dense", la, "mean"),
-            spread("dense", la, "mean"),
-        ),
-        (
-            "bytes accessed, non-sync step",
-            1.25,
-            dense[la]["bytes_ratio"]["non_sync"],
-            "compiled",
+            "dense",
+            "lookahead(adam) [cond]",
+            "non_sync",
         ),
         (
             "`update_and_apply(lookahead(adam))` non-sync",
             1.02,
-            time("dense", fused, "non_sync"),
-            spread("dense", fused, "non_sync"),
+            "dense",
+            fused,
+            "non_sync",
         ),
-        (
-            "`update_and_apply(lookahead(adam))` mean",
-            1.10,
-            time("dense", fused, "mean"),
-            spread("dense", fused, "mean"),
-        ),
-        (
-            "`lazy_mask(adam)`, all rows sampled",
-            1.25,
-            time("embedding_all", su, "non_sync"),
-            spread("embedding_all", su, "non_sync"),
-        ),
+        ("`update_and_apply(lookahead(adam))` mean", 1.10, "dense", fused, "mean"),
+        ("`lazy_mask(adam)`, all rows sampled", 1.25, "embedding_all", su, "non_sync"),
         (
             "`lazy_mask(adam, freeze_state=True)`, all rows sampled",
             1.25,
-            time("embedding_all", frozen, "non_sync"),
-            spread("embedding_all", frozen, "non_sync"),
+            "embedding_all",
+            frozen,
+            "non_sync",
         ),
     ]
-    twin = "lookahead(adam) [branch]"  # on CPU, the same program as lookahead(adam)
-    if twin in dense:
-        rows.insert(
-            2,
-            (
-                "`lookahead(adam)` non-sync, the identical program measured again (`[branch]`)",
-                1.20,
-                time("dense", twin, "non_sync"),
-                spread("dense", twin, "non_sync"),
-            ),
-        )
     lines = [
-        "| figure | target | measured (median) | spread over repetitions | |",
-        "|---|---|---|---|---|",
+        "| figure | target | default malloc (median) | tuned malloc (median) |"
+        " spread over repetitions (default / tuned) | |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, limit, value, value_spread in rows:
+    for name, limit, workload, variant, which in timed:
+        if variant not in any_run.get(workload, {}):
+            continue
+        cells, spreads, verdicts = [], [], []
+        for malloc in harness.MALLOC_ORDER:
+            value, spread = figure(malloc, workload, variant, which)
+            cells.append("-" if value is None else f"{value:.2f}x")
+            spreads.append(spread or "-")
+            if value is not None:
+                verdict = "met" if value <= limit else f"missed by {value - limit:.2f}x"
+                verdicts.append(f"{malloc}: {verdict}")
         lines.append(
-            f"| {name} | <= {limit:.2f}x | {value:.2f}x | {value_spread} |"
-            f" {verdict(value, limit)} |"
+            f"| {name} | <= {limit:.2f}x | {cells[0]} | {cells[1]} |"
+            f" {' / '.join(spreads)} | {'; '.join(verdicts)} |"
         )
+    dense, every = any_run["dense"], any_run["embedding_all"]
+    bytes_ratio = dense[la]["bytes_ratio"]["non_sync"]
     copies = dense[la]["param_copies"]
-    lines.append(
-        f"| param-size copies per step, `lookahead(adam)` | 0 |"
-        f" {copies['non_sync']} non-sync, {copies['sync']} sync | compiled | |"
-    )
-    lines.append(
-        "| persistent memory | adam + one param copy |"
-        f" adam + {dense[la]['extra_state_param_copies']:.2f} | | |"
-    )
-    lines.append(
-        "| table-size temporaries, `lazy_mask(adam)` / frozen | none |"
-        f" {every[su]['temp_bytes'] / 2**20:.1f} MiB /"
-        f" {every[frozen]['temp_bytes'] / 2**20:.0f} MiB | compiled | |"
-    )
+    compiled = [  # read from the compiled program: the same under both settings
+        (
+            "bytes accessed, non-sync step",
+            "<= 1.25x",
+            f"{bytes_ratio:.2f}x",
+            "met" if bytes_ratio <= 1.25 else f"missed by {bytes_ratio - 1.25:.2f}x",
+        ),
+        (
+            "param-size copies per step, `lookahead(adam)`",
+            "0",
+            f"{copies['non_sync']} non-sync, {copies['sync']} sync",
+            "",
+        ),
+        (
+            "persistent memory",
+            "adam + one param copy",
+            f"adam + {dense[la]['extra_state_param_copies']:.2f}",
+            "",
+        ),
+        (
+            "table-size temporaries, `lazy_mask(adam)` / frozen",
+            "none",
+            f"{every[su]['temp_bytes'] / 2**20:.1f} MiB /"
+            f" {every[frozen]['temp_bytes'] / 2**20:.0f} MiB",
+            "",
+        ),
+    ]
+    for name, target, value, verdict in compiled:
+        lines.append(
+            f"| {name} | {target} | {value} | {value} | compiled | {verdict} |"
+        )
     return "\n".join(lines)
 
 
+def gpu_names(prefix):
+    """Results files of GPU runs, e.g. gpu-h200.json, one per card."""
+    return sorted(p.name for p in RESULTS.glob(f"{prefix}-*.json"))
+
+
 def main():
-    cpu, gpu = load("cpu.json"), load("gpu-h200.json")
-    sparse = [part for part in [load("sparse-cpu.json")] if part]
-    sparse_gpu = load("sparse-gpu-h200.json")
+    cpu, sparse = load("cpu.json"), load("sparse-cpu.json")
     parts = [INTRO]
     if cpu:
         parts += [
             "## Targets of issue 6 (2-core CPU)\n",
             targets_table(cpu),
             TARGET_NOTES,
-            f"## Step cost, CPU\n\n{header_line(cpu['header'])}\n",
-            cpu["markdown"],
+            f"## Step cost, CPU\n\n{header_lines(cpu)}",
+            bench_step.table(cpu["runs"]),
         ]
     if sparse:
-        parts += ["\n## Sparse lazy updates, CPU\n", SPARSE_NOTES]
-        for part in sparse:
-            parts += [header_line(part["header"]) + "\n", part["markdown"] + "\n"]
-    if gpu:
-        parts += [f"\n## Step cost, GPU\n\n{header_line(gpu['header'])}\n", GPU_NOTES]
-        parts.append(gpu["markdown"])
-    if sparse_gpu:
         parts += [
-            f"\n## Sparse lazy updates, GPU\n\n{header_line(sparse_gpu['header'])}\n",
-            sparse_gpu["markdown"],
+            "\n## Sparse lazy updates, CPU\n",
+            SPARSE_NOTES,
+            header_lines(sparse),
+            bench_sparse.table(sparse["runs"]) + "\n",
+        ]
+    for name in gpu_names("gpu"):
+        card = name.removeprefix("gpu-").removesuffix(".json").upper()
+        data = load(name)
+        parts += [
+            f"\n## Step cost, GPU ({card})\n\n{header_lines(data)}",
+            GPU_NOTES,
+            bench_step.table(data["runs"]),
+        ]
+    for name in gpu_names("sparse-gpu"):
+        card = name.removeprefix("sparse-gpu-").removesuffix(".json").upper()
+        data = load(name)
+        parts += [
+            f"\n## Sparse lazy updates, GPU ({card})\n\n{header_lines(data)}",
+            bench_sparse.table(data["runs"]),
         ]
     REPORT.write_text("\n".join(parts) + "\n")
     print(f"wrote {REPORT}")
@@ -161,8 +189,8 @@ INTRO = """# Benchmarks
 Step cost of `lookahead`, `lazy_mask` and `sparse_lazy` as ratios to
 `optax.adam`, from `benchmarks/bench_step.py` and `benchmarks/bench_sparse.py`
 (their docstrings define every column); this file is written by
-`benchmarks/write_report.py` from the JSON in `benchmarks/results/`, which
-also holds each ratio's spread and the raw seconds.
+`python -m benchmarks.write_report` from the JSON in `benchmarks/results/`,
+which also holds each ratio's spread and the raw seconds.
 
 Variants run interleaved in one process; each ratio is taken against adam in
 the same repetition, and tables show the median over repetitions. "bytes" and
@@ -170,9 +198,25 @@ the same repetition, and tables show the median over repetitions. "bytes" and
 on the machine's noise. XLA's `cost_analysis()` reports a `lax.cond` as its
 dearer branch, so "bytes non-sync" and "bytes sync" follow each path through
 the optimized HLO (`benchmarks/hlo_bytes.py`, which equals `cost_analysis()`
-on programs without a cond). "extra state" is persistent optimizer memory
-beyond adam's, in copies of the params. CPU runs set the glibc malloc tunables
-of DESIGN.md section 3 (the scripts re-execute themselves with them).
+on programs without a cond; the tests check it). "extra state" is
+persistent optimizer memory beyond adam's, in copies of the params.
+
+Every time figure is given twice, "default / tuned": with glibc's default
+malloc (what users get) and with the malloc tunables of DESIGN.md section 3,
+which keep large temporaries in the heap instead of mapping them every step
+(`--malloc both`, the default of both benchmarks, runs the tuned setting in a
+child process; `benchmarks/harness.py`). A `-` is a setting not measured yet:
+the CPU figures below were measured with the tunables only and the GPU
+figures with the default malloc, all before the restructuring that added
+`lookahead(..., sync_staging=)` (the `[cond]` rows were then forced by a module
+switch and named `[branch]`); re-time before quoting them. The lines under
+each heading say which command produced which column. Run from the
+repository root:
+
+    python -m benchmarks.bench_step --out benchmarks/results/cpu.json
+    python -m benchmarks.bench_sparse --rows 200000 --out benchmarks/results/sparse-cpu.json
+    python -m benchmarks.write_report
+    benchmarks/gpu_all.sh   # on a GPU machine: every GPU figure in one call
 """
 
 TARGET_NOTES = """
@@ -208,8 +252,9 @@ in its mean time.
 GPU_NOTES = """Measured with the device tool's GPU (see the command). On this GPU XLA copies
 every buffer that a `lax.cond` branch passes through, so a sync staged as a
 cond costs 1.6x; lookahead therefore stages its sync as a select on platforms
-other than CPU, which fuses into the inner optimizer's kernel. The `[branch]`
-and `[select]` rows force each way, where the run includes them.
+other than CPU, which fuses into the inner optimizer's kernel. The `[cond]`
+and `[select]` rows choose each way (`sync_staging=`), where the run includes
+them; runs before the `sync_staging` argument named `[cond]` `[branch]`.
 """
 
 

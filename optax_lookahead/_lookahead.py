@@ -243,20 +243,17 @@ def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
     inner_updates = jax.tree.map(_in_params_precision, inner_updates, params)
     alpha = _slow_step_size(config, state.step)
 
-    def sync(updates, slow, inner_state, mirrors):
+    def land(updates, slow):
+        """The updates that land the params on the new slow weights, and those."""
         fast = _rows.apply_sparse_updates(params, updates)
         target = jax.tree.map(functools.partial(_interpolate, alpha), slow, fast)
         if not _is_one(config.slow_step_size):
             updates = jax.tree.map(_difference, target, params, updates)
-        # Exactly the params the user's apply_updates will produce.
-        slow = _rows.apply_sparse_updates(params, updates)
-        inner_state, mirrors = _synced_inner_state(
-            config, alpha, inner_state, mirrors, slow
-        )
-        return updates, slow, inner_state, mirrors
+        # The slow weights: exactly the params the user's apply_updates gives.
+        return updates, _rows.apply_sparse_updates(params, updates)
 
     updates, slow, inner_state, mirrors = _sync_if_due(
-        config, state, sync, inner_updates, slow, inner_state
+        config, state, alpha, land, inner_updates, slow, inner_state
     )
     return updates, _next_state(config, state, slow, inner_state, mirrors)
 
@@ -271,15 +268,13 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
     fast = _rows.apply_sparse_updates(params, inner_updates)
     alpha = _slow_step_size(config, state.step)
 
-    def sync(fast, slow, inner_state, mirrors):
+    def land(fast, slow):
+        """The new slow weights, and the params on them."""
         slow = jax.tree.map(functools.partial(_interpolate, alpha), slow, fast)
-        inner_state, mirrors = _synced_inner_state(
-            config, alpha, inner_state, mirrors, slow
-        )
-        return slow, slow, inner_state, mirrors
+        return slow, slow
 
     params, slow, inner_state, mirrors = _sync_if_due(
-        config, state, sync, fast, slow, inner_state
+        config, state, alpha, land, fast, slow, inner_state
     )
     return params, _next_state(config, state, slow, inner_state, mirrors)
 
@@ -345,13 +340,24 @@ def _slow_from_first_params(config: LookaheadConfig, state, params):
     return slow
 
 
-def _sync_if_due(config: LookaheadConfig, state, sync, output, slow, inner_state):
-    """Runs ``sync`` on sync steps; between syncs its operands pass through.
+def _sync_if_due(
+    config: LookaheadConfig, state, alpha, land, output, slow, inner_state
+):
+    """On a sync step, ``land`` and sync the inner state; else pass through.
 
+    ``land(output, slow)`` gives the step's output and the new slow weights.
     With ``inner_state_on_sync="keep"`` the inner state stays out of the staged
     sync: it never changes there, and routing it through a branch could only
     cost copies.
     """
+
+    def sync(output, slow, inner_state, mirrors):
+        output, slow = land(output, slow)
+        inner_state, mirrors = _synced_inner_state(
+            config, alpha, inner_state, mirrors, slow
+        )
+        return output, slow, inner_state, mirrors
+
     is_sync = state.step % config.sync_period == config.sync_period - 1
     if config.inner_state_on_sync == "keep":
         output, slow, _, _ = _run_if(config, is_sync, sync, output, slow, None, ())

@@ -269,7 +269,9 @@ def _probe_differs(inner, sparse, params):
             param_info=row_flags,
         )
         sparse_grads = jax.tree.map(
-            lambda s, g: _rows.SparseRows(ids, g[ids], 4) if s else g, sparse, grads
+            lambda s, g: _rows.SparseRows(jnp.asarray(ids), g[ids], 4) if s else g,
+            sparse,
+            grads,
         )
         rows = _checked_rows(sparse_grads, stand_ins)
         row_updates, row_state = _row_step(inner, rows, sparse_grads, state, stand_ins)

@@ -195,21 +195,23 @@ def check_state_holds_rows(inner, state, tables, message: str) -> None:
       message: the error, with ``{got}`` and ``{want}`` for the two shapes.
     """
 
+    class _NotRowForRow(Exception):
+        pass
+
     def check(leaf, table):
         if table is not None and tuple(jax.numpy.shape(leaf)) != tuple(table.shape):
-            raise ValueError(
-                message.format(got=jax.numpy.shape(leaf), want=tuple(table.shape))
-            )
+            raise _NotRowForRow(jax.numpy.shape(leaf), tuple(table.shape))
         return leaf
 
+    want = next((tuple(t.shape) for t in jax.tree.leaves(tables)), ())
     try:
         map_param_mirrors(inner, check, state, param_info=tables)
-    except ValueError as error:
-        # Several arrays where the params hold one table (optax.sm3 keeps one
-        # statistic per axis): optax.tree.map_params cannot pair them.
-        if "pytree structure" not in str(error):
-            raise
-        want = next(tuple(t.shape) for t in jax.tree.leaves(tables))
+    except _NotRowForRow as mismatch:
+        got, want = mismatch.args
+        raise ValueError(message.format(got=got, want=want)) from None
+    except (ValueError, TypeError, AttributeError):
+        # The state's params-like parts do not even pair with the params
+        # (optax.sm3 keeps a list of statistics, one per axis, per table).
         raise ValueError(
             message.format(got="(several arrays, one per axis)", want=want)
         ) from None

@@ -128,7 +128,20 @@ def sparse_embed_grads(grads, perturbation_grads, ids):
         beside it, or the ids do not match the looked-up rows' shape.
 
     Example:
-      See :class:`SparseEmbed`.
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from optax_lookahead.flax import SparseEmbed, sparse_embed_grads
+      >>> model = SparseEmbed(num_embeddings=10, features=2)
+      >>> ids = jnp.array([[3, 3, -1]])  # -1 is padding
+      >>> variables = model.init(jax.random.key(0), ids)
+      >>> def loss(params, perturbations):
+      ...     variables = {"params": params, "perturbations": perturbations}
+      ...     return model.apply(variables, ids).sum()
+      >>> grads, row_grads = jax.grad(loss, argnums=(0, 1))(
+      ...     variables["params"], variables["perturbations"]
+      ... )
+      >>> sparse_embed_grads(grads, row_grads, ids)["embedding"].ids
+      Array([ 3, 10, 10], dtype=int32)
     """
     row_grads = {
         _names(path)[:-1]: leaf
@@ -159,6 +172,18 @@ def sparse_embed_grads(grads, perturbation_grads, ids):
             f" {sorted(missing)}; pass the gradient with respect to the params."
         )
     return grads
+
+
+def _pure(tree):
+    """``tree`` with each ``nnx.Variable`` replaced by its value.
+
+    What ``nnx.as_pure`` does in recent Flax, also on Flax 0.11, which lacks it.
+    """
+    return jax.tree.map(
+        lambda x: x[...] if isinstance(x, nnx.Variable) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
 
 
 def _names(path) -> tuple:
@@ -278,7 +303,7 @@ def slow_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
       >>> evaluated.bias[0], model.bias[0]
       (Array(0., dtype=float32), Array(-0.1, dtype=float32))
     """
-    slow = slow_params(nnx.as_pure(optimizer.opt_state))
+    slow = slow_params(_pure(optimizer.opt_state))
     graphdef, trained, *rest = nnx.split(model, optimizer.wrt, ...)
     nnx.replace_by_pure_dict(trained, nnx.to_pure_dict(slow))
     return nnx.merge(graphdef, trained, *rest)

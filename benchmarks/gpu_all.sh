@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every GPU benchmark in one call of under 8 minutes, writing the JSON that
+# benchmarks/write_report.py reads: gpu-<card>.json (bench_step: every
+# workload, the IMDB-size model's whole training step included) and
+# sparse-gpu-<card>.json (bench_sparse: 200,000 and 2,000,000 rows).
+#
+# Run from anywhere on a GPU machine, with a Python that has jax (CUDA),
+# optax and numpy; the package is imported from this checkout, no install:
+#     benchmarks/gpu_all.sh [OUT_DIR]
+# OUT_DIR defaults to $OUT (the device tool's folder that comes back), else
+# benchmarks/results. Then, here: copy the two files to benchmarks/results/
+# and run `python -m benchmarks.write_report`.
+#
+# Host malloc does not move GPU step times, so GPU runs use --malloc default
+# (what users get). Stages run in order of importance, each under what is
+# left of an overall deadline (BUDGET_S, 450 s by default), and each writes
+# its results when it finishes: a stage cut short loses only itself.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+OUT_DIR=${1:-${OUT:-benchmarks/results}}
+BUDGET_S=${BUDGET_S:-450}
+deadline=$((SECONDS + BUDGET_S))
+mkdir -p "$OUT_DIR"
+
+name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+case "$name" in
+*H200*) card=h200 ;;
+*H100*) card=h100 ;;
+*A100*) card=a100 ;;
+*) card=$(echo "${name:-gpu}" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-') ;;
+esac
+echo "GPU: ${name:-unknown} -> $OUT_DIR/gpu-$card.json, $OUT_DIR/sparse-gpu-$card.json"
+"$PYTHON" -c 'import jax; print("jax", jax.__version__, jax.devices())' || exit 1
+
+status=0
+stage() { # stage NAME COMMAND...: runs COMMAND under the time left
+  local left=$((deadline - SECONDS))
+  if [ "$left" -lt 30 ]; then
+    echo "== $1: skipped, $left s left of $BUDGET_S" >&2
+    status=1
+    return
+  fi
+  echo "== $1 (at most $left s)"
+  local start=$SECONDS
+  timeout "$left" "${@:2}" || {
+    echo "== $1 failed or ran out of time (exit $?)" >&2
+    status=1
+  }
+  echo "== $1 took $((SECONDS - start)) s"
+}
+
+stage "step cost, all workloads" "$PYTHON" -m benchmarks.bench_step \
+  --malloc default --periods 20 --repetitions 5 --out "$OUT_DIR/gpu-$card.json"
+stage "sparse, 200,000 rows" "$PYTHON" -m benchmarks.bench_sparse \
+  --malloc default --rows 200000 --repetitions 5 --out "$OUT_DIR/sparse-gpu-$card.json"
+stage "sparse, 2,000,000 rows" "$PYTHON" -m benchmarks.bench_sparse \
+  --malloc default --rows 2000000 --repetitions 3 --out "$OUT_DIR/sparse-gpu-$card.json"
+exit $status

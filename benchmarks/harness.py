@@ -1,0 +1,194 @@
+"""What every benchmark shares: the malloc setting, the environment header and
+the results file.
+
+Malloc. glibc maps and unmaps temporaries over 32 MiB on every step, which can
+dominate CPU timings (DESIGN.md section 3), and users run with glibc's default.
+So every benchmark measures under two settings, ``--malloc default`` (what
+users get) and ``--malloc tuned`` (the tunables below, which keep large
+temporaries in the heap), and ``--malloc both`` (the default) runs the tuned
+one in a child process started with the tunables, then the default one in
+this process. The tunables only take effect at process start: a process whose
+environment does not match the setting it was asked for re-executes itself
+with the right one, and says so.
+
+Results file. One JSON file per benchmark and machine::
+
+    {"runs": {"default": {"header": {...}, "results": ...},
+              "tuned": {"header": {...}, "results": ...}}}
+
+A run writes its malloc setting's entry and keeps the other; results of the
+same setting merge with earlier ones (one workload or table size per process
+keeps the heap small), the newer replacing those of the same configuration.
+``benchmarks/write_report.py`` builds BENCHMARKS.md from these files.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+
+# glibc malloc tunables of DESIGN.md section 3: one arena, no mmap for large
+# blocks, and no trimming of the heap's top.
+GLIBC_TUNABLES = (
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+    "glibc.malloc.trim_threshold=17179869184"
+)
+# The environment each setting runs under (None: GLIBC_TUNABLES unset).
+MALLOC_SETTINGS = {"default": None, "tuned": GLIBC_TUNABLES}
+# The order in which runs are shown.
+MALLOC_ORDER = ("default", "tuned")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--malloc`` and ``--out``."""
+    parser.add_argument(
+        "--malloc",
+        choices=(*MALLOC_ORDER, "both"),
+        default="both",
+        help="glibc malloc setting to measure under: glibc's default, the"
+        " tunables of DESIGN.md section 3, or both (the tuned one in a child"
+        " process); on a GPU machine, 'default'",
+    )
+    parser.add_argument(
+        "--out", help="write the results as JSON here (merged with what is there)"
+    )
+
+
+def current_malloc() -> str | None:
+    """The setting this process started under, or None for another one."""
+    value = os.environ.get("GLIBC_TUNABLES")
+    for name, wanted in MALLOC_SETTINGS.items():
+        if value == wanted:
+            return name
+    return None
+
+
+def settle_malloc(module: str, args: argparse.Namespace) -> str:
+    """Puts this process under the malloc setting it is to measure; returns it.
+
+    Re-executes ``python -m module`` with the same arguments when the
+    environment does not match. For ``--malloc both`` it first runs the tuned
+    setting in a child (writing to ``args.out``, or to a temporary file that
+    :func:`write_run` then merges), and returns ``"default"``.
+    """
+    wanted = "default" if args.malloc == "both" else args.malloc
+    if current_malloc() != wanted:
+        env_value = MALLOC_SETTINGS[wanted]
+        if env_value is None:
+            os.environ.pop("GLIBC_TUNABLES", None)
+        else:
+            os.environ["GLIBC_TUNABLES"] = env_value
+        print(f"re-executing with GLIBC_TUNABLES={env_value or '(unset)'}", flush=True)
+        os.execv(sys.executable, [sys.executable, "-m", module, *_original_arguments()])
+    if args.malloc == "both":
+        if not args.out:
+            handle, args.out = tempfile.mkstemp(suffix=".json")
+            os.close(handle)
+            os.unlink(args.out)
+            args.temporary_out = True
+        child_args = _with_option(_original_arguments(), "--malloc", "tuned")
+        child_args = _with_option(child_args, "--out", args.out)
+        env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES)
+        print(f"== malloc tuned, in a child (GLIBC_TUNABLES={GLIBC_TUNABLES})")
+        subprocess.run([sys.executable, "-m", module, *child_args], env=env, check=True)
+        print("== malloc default, in this process", flush=True)
+    return wanted
+
+
+def _original_arguments() -> list[str]:
+    return sys.argv[1:]
+
+
+def _with_option(arguments: list[str], option: str, value: str) -> list[str]:
+    """``arguments`` with ``option`` (and its value) replaced by ``value``."""
+    kept, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == option:
+            skip = True
+        elif not argument.startswith(option + "="):
+            kept.append(argument)
+    return [*kept, option, value]
+
+
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it, where it does."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(module: str, malloc: str, **extra) -> dict:
+    """The header of a run: versions, machine, malloc setting and command."""
+    import jax
+    import optax
+
+    device = jax.devices()[0]
+    return {
+        "date": datetime.date.today().isoformat(),
+        "device": f"{device.platform}: {device.device_kind}",
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "malloc": malloc,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "command": " ".join(["python -m", module, *_original_arguments()]),
+        **extra,
+    }
+
+
+def read(path) -> dict:
+    """A results file, or an empty one where there is none."""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"runs": {}}
+
+
+def write_run(
+    path,
+    header: dict,
+    results,
+    merge: Callable | None = None,
+) -> dict:
+    """Writes this run into ``path`` under ``header["malloc"]``; returns the file.
+
+    ``merge(earlier, results)`` combines the results with those of an earlier
+    run of the same setting (None: replace them); the header's command then
+    lists both commands.
+    """
+    data = read(path)
+    earlier = data["runs"].get(header["malloc"])
+    if earlier is not None and merge is not None:
+        combined = merge(earlier["results"], results)
+        if combined != results:
+            header = {
+                **header,
+                "command": earlier["header"]["command"] + "; " + header["command"],
+            }
+        results = combined
+    data["runs"][header["malloc"]] = {"header": header, "results": results}
+    data["runs"] = {m: data["runs"][m] for m in MALLOC_ORDER if m in data["runs"]}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+    return data
+
+
+def finish(args: argparse.Namespace) -> None:
+    """Removes the temporary results file of a ``--malloc both`` run."""
+    if getattr(args, "temporary_out", False):
+        os.unlink(args.out)

@@ -1,7 +1,8 @@
 """A small, complete run: a bag-of-words classifier with an embedding table.
 
 Trains the same model with optax.adam, lazy_mask(adam) and
-lookahead(lazy_mask(adam)) on synthetic sentences, and prints how many
+lookahead(lazy_mask(adam)) on synthetic sentences (``experiments.synthetic``:
+words 0-399 positive, 400-799 negative, 800-999 never used), and prints how many
 embedding rows the last step moved although its batch did not contain their
 word (lazy: none), and the held-out accuracy, evaluated on the slow weights
 for lookahead.
@@ -14,21 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.synthetic import VOCAB, make_data
 from optax_lookahead import lazy_mask, lookahead, slow_params
 
 # 301 steps: the last one is not a lookahead sync (a sync moves every row
 # that drifted back toward the slow weights, which is not staleness).
-VOCAB, DIM, LENGTH, BATCH, STEPS = 1000, 16, 12, 32, 301
-
-
-def make_data(rng, n):
-    """Sentences whose label is whether they hold more 'positive' words.
-
-    Words 0-399 are positive, 400-799 negative; 800-999 are never used.
-    """
-    words = rng.integers(0, 800, size=(n, LENGTH))
-    labels = (np.sum(words < 400, axis=1) > LENGTH / 2).astype(np.float32)
-    return jnp.asarray(words), jnp.asarray(labels)
+DIM, BATCH, STEPS = 16, 32, 301
 
 
 def init_params(key):

@@ -6,7 +6,9 @@ tiny data, few steps), and fails on any error or when a notebook draws no
 image. The kernel runs with JAX's default settings (not the strict promotion of
 this test suite) on one CPU device. ``test_saved_outputs`` checks the notebooks
 as committed: executed top to bottom, with their plots, small, and without
-local paths in their outputs.
+local paths in their outputs. ``test_imports_without_path_tricks`` checks that
+the notebooks import the repository's experiments as the package
+``experiments`` (installed with the project), never by editing ``sys.path``.
 """
 
 import os
@@ -100,3 +102,16 @@ def test_saved_outputs(name):
     for text in text_outputs(notebook):
         match = LOCAL_PATH.search(text)
         assert match is None, f"{name}: a local path in an output: {match.group()}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_imports_without_path_tricks(name):
+    notebook = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    assert "sys.path" not in code
+    assert "examples/" not in code
+    text = "\n".join(c.source for c in notebook.cells)
+    # The old flat modules moved into the experiments package.
+    for old in ("imdb_data", "imdb_report", "imdb_optimizers", "lr_sweep_digits"):
+        assert f"import {old}" not in code, old
+        assert f"examples/{old}.py" not in text, old

@@ -3,7 +3,9 @@
 The package ships the 25,000 labelled reviews of the standard IMDB training
 half (12,500 per class) in one CSV, beside 8,530 Rotten Tomatoes sentences.
 It has no test half, so this module drops the duplicate texts and splits the
-rest with a fixed seed: 20,000 reviews to train on, 4,904 held out.
+rest with a fixed seed: 20,000 reviews to train on, 4,904 held out. The
+held-out reviews are split again, with another fixed seed, into a validation
+half (to choose an epoch on) and a test half (to report at that epoch).
 
 The tokenization follows Keras' ``imdb.load_data`` and ``pad_sequences``, the
 setup of the LazyOptimizer experiment this demo reproduces:
@@ -36,6 +38,8 @@ VOCAB_SIZE = 20_000
 MAX_LEN = 80
 TRAIN_SIZE = 20_000
 SPLIT_SEED = 0
+# Splits the held-out reviews into validation and test halves.
+VALIDATION_SEED = 1
 
 # Keras' Tokenizer default filters: everything but letters, digits, the
 # apostrophe and spaces.
@@ -100,6 +104,18 @@ def load_split() -> Split:
     reviews, dropped = read_imdb_reviews()
     train, held_out = split_reviews(reviews)
     return Split(train, held_out, dropped)
+
+
+def split_validation_test(
+    n: int, seed: int = VALIDATION_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``n`` held-out reviews: a validation half and a test half.
+
+    A fixed-seed permutation; validation gets the first ``n // 2`` (2,452 of
+    the 4,904 held-out reviews), test the rest. Both are sorted.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
 
 
 def words(text: str) -> list[str]:

@@ -143,7 +143,9 @@ def init_params(model: SentimentLSTM, key: jax.Array, max_len: int):
     return model.init(key, jnp.zeros((1, max_len), jnp.int32))["params"]
 
 
-def make_train_step(model: SentimentLSTM, tx: optax.GradientTransformation):
+def make_train_step(
+    model: SentimentLSTM, tx: optax.GradientTransformation, vmapped: bool = False
+):
     """A jitted training step ``(params, opt_state, tokens, labels, key)``.
 
     ``params`` and ``opt_state`` are donated: the step updates them in place.
@@ -151,6 +153,9 @@ def make_train_step(model: SentimentLSTM, tx: optax.GradientTransformation):
     embedding rows the update moves although no review of the batch contains
     their word (stale momentum; zero for a lazy optimizer, except at a
     lookahead sync, which moves every row back toward the slow weights).
+
+    With ``vmapped``, every argument and result has a leading axis of seeds:
+    several independent runs train in one compiled program.
     """
 
     def loss_fn(params, tokens, labels, key):
@@ -159,7 +164,6 @@ def make_train_step(model: SentimentLSTM, tx: optax.GradientTransformation):
         )
         return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
 
-    @partial(jax.jit, donate_argnums=(0, 1))
     def train_step(params, opt_state, tokens, labels, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens, labels, key)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -170,20 +174,23 @@ def make_train_step(model: SentimentLSTM, tx: optax.GradientTransformation):
         stale_rows = jnp.sum(moved & ~in_batch)
         return optax.apply_updates(params, updates), opt_state, loss, stale_rows
 
-    return train_step
+    if vmapped:
+        train_step = jax.vmap(train_step)
+    return partial(jax.jit, donate_argnums=(0, 1))(train_step)
 
 
-def make_eval_step(model: SentimentLSTM):
-    """A jitted step: (params, tokens, labels, weights) -> (correct, summed loss).
+def make_eval_step(model: SentimentLSTM, vmapped: bool = False):
+    """A jitted step: (params, tokens, labels) -> (correct, loss), per review.
 
-    ``weights`` is 1 for real reviews and 0 for the padding of a last batch.
+    With ``vmapped``, ``params`` has a leading axis of seeds, and so have the
+    results; every seed sees the same reviews.
     """
 
-    @jax.jit
-    def eval_step(params, tokens, labels, weights):
+    def eval_step(params, tokens, labels):
         logits = model.apply({"params": params}, tokens)
-        correct = ((logits > 0) == (labels > 0.5)) * weights
-        loss = optax.sigmoid_binary_cross_entropy(logits, labels) * weights
-        return correct.sum(), loss.sum()
+        correct = (logits > 0) == (labels > 0.5)
+        return correct, optax.sigmoid_binary_cross_entropy(logits, labels)
 
-    return eval_step
+    if vmapped:
+        eval_step = jax.vmap(eval_step, in_axes=(0, None, None))
+    return jax.jit(eval_step)

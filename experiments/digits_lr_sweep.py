@@ -16,7 +16,7 @@ under a minute on 2 CPU cores.
 Writes ``lr_sweep.json`` (final and per-epoch test accuracy and loss of every
 run) and ``lr_sweep.png`` to ``--out`` (default ``results/digits``).
 
-Run: python examples/lr_sweep_digits.py
+Run: python -m experiments.digits_lr_sweep
 """
 
 import argparse
@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import run_info
 from matplotlib.figure import Figure
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from experiments import run_info
 from optax_lookahead import lookahead, slow_params
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -66,13 +66,23 @@ def load_split():
     )
 
 
-def make_sweep(optimizer: str, x_train, y_train, x_test, y_test, epochs: int):
+def make_sweep(
+    optimizer: str,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    epochs: int,
+    sync_period: int = SYNC_PERIOD,
+    slow_step_size: float = SLOW_STEP_SIZE,
+):
     """A jitted function (learning rates, seeds) -> per-epoch test metrics.
 
     ``optimizer`` is ``"adam"``, ``"sgd"``, ``"lookahead_adam"`` or
-    ``"lookahead_sgd"``. Returns arrays ``(len(lrs), len(seeds), epochs)`` of test
-    accuracy and test loss, and ``(len(lrs), len(seeds))`` of the last epoch's
-    mean training loss.
+    ``"lookahead_sgd"``; lookahead uses ``sync_period`` and ``slow_step_size``.
+    Returns arrays ``(len(lrs), len(seeds), epochs)`` of test accuracy and test
+    loss, and ``(len(lrs), len(seeds))`` of the last epoch's mean training
+    loss.
     """
     model = MLP()
     inner = INNER[optimizer.removeprefix("lookahead_")][0]
@@ -93,7 +103,7 @@ def make_sweep(optimizer: str, x_train, y_train, x_test, y_test, epochs: int):
     def run(lr, seed):
         tx = inner(lr)  # a traced learning rate: one program for the whole sweep
         if use_lookahead:
-            tx = lookahead(tx, SYNC_PERIOD, SLOW_STEP_SIZE)
+            tx = lookahead(tx, sync_period, slow_step_size)
         init_key, order_key = jax.random.split(jax.random.key(seed))
         params = model.init(init_key, x_train[:1])["params"]
         state = tx.init(params)

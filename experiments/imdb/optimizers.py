@@ -5,7 +5,9 @@ validation accuracy. Its Keras wrapper also advanced Adam's step counter twice
 per step, which makes the early steps larger (Adam's bias correction of the
 second moment divides by ``1 - b2**t``, smaller for a smaller ``t``: up to
 ``sqrt(2)`` times larger steps while ``t`` is much less than 1 / (1 - b2) =
-1000). ``adam_double_count`` reproduces that alone, to separate the two effects.
+1000). ``adam_double_count`` reproduces that alone, and ``lazy_double_count``
+is the seed's actual configuration (lazy with the doubled counter), so that the
+two effects can be separated and their combination measured.
 """
 
 from collections.abc import Callable
@@ -44,6 +46,11 @@ OPTIMIZERS: dict[str, tuple[Callable[[], optax.GradientTransformation], str]] = 
         "adam whose step count advances twice per step (the seed's Keras wrapper)",
     ),
     "lazy": (lambda: lazy_mask(adam()), "lazy_mask(adam): Su's LazyOptimizer"),
+    "lazy_double_count": (
+        lambda: lazy_mask(double_count(adam())),
+        "lazy_mask(adam) whose step count advances twice per step: the seed's"
+        " actual configuration",
+    ),
     "lazy_frozen": (
         lambda: lazy_mask(adam(), freeze_state=True),
         "lazy_mask(adam, freeze_state=True): TF LazyAdam",

@@ -55,7 +55,7 @@ averaged over time and over chains.
 
 Writes ``nqm.json`` and ``nqm.png`` to ``--out`` (default ``results/nqm``).
 
-Run: python examples/noisy_quadratic.py
+Run: python -m experiments.noisy_quadratic
 """
 
 import argparse
@@ -67,9 +67,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import run_info
 from matplotlib.figure import Figure
 
+from experiments import run_info
 from optax_lookahead import lookahead, slow_params
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -36,3 +36,11 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in jax.devices()],
     }
+
+
+def device() -> str:
+    """The kind of JAX's first device, e.g. ``cpu`` or ``NVIDIA H100 80GB HBM3``."""
+    import jax
+
+    first = jax.devices()[0]
+    return f"{first.platform}: {first.device_kind}"

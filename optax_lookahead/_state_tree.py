@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
@@ -199,8 +200,8 @@ def check_state_holds_rows(inner, state, tables, message: str) -> None:
         pass
 
     def check(leaf, table):
-        if table is not None and tuple(jax.numpy.shape(leaf)) != tuple(table.shape):
-            raise _NotRowForRow(jax.numpy.shape(leaf), tuple(table.shape))
+        if table is not None and tuple(jnp.shape(leaf)) != tuple(table.shape):
+            raise _NotRowForRow(jnp.shape(leaf), tuple(table.shape))
         return leaf
 
     want = next((tuple(t.shape) for t in jax.tree.leaves(tables)), ())

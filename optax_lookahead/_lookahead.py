@@ -329,7 +329,12 @@ def _check_step_inputs(updates, state, params) -> None:
 
 
 def _slow_from_first_params(config: LookaheadConfig, state, params):
-    """The slow weights; at the first update, the params as they are now."""
+    """The slow weights; at the first update, the params as they are now.
+
+    A staged branch that passes the slow weights through on every other step.
+    In the fused step the params are then updated in place beside it, and
+    XLA:CPU copies them on every step (a known cost, see update_and_apply).
+    """
 
     def take_params(slow):
         return (

@@ -27,9 +27,10 @@ def update_and_apply(
     afterwards, on the params and slow weights only. A transformation must hand
     its updates to ``apply_updates``, so the plain ``tx.update`` writes the
     inner updates to memory and reads them back on every step; here XLA fuses
-    the inner step with the apply, as it does for ``optax.adam`` alone. With
-    ``params`` and ``opt_state`` donated, the non-sync step moves no more
-    memory than the inner optimizer's.
+    the inner step with the apply, as it does for ``optax.adam`` alone. (In this
+    version XLA:CPU also copies the params once per step, because of the
+    conditional that takes the slow weights from the first update's params;
+    the plain ``tx.update`` has no such copy.)
 
     Updates given as :class:`SparseRows` (from :func:`sparse_lazy`) are added
     in place, row by row. For any other ``tx`` this runs the two lines above.

@@ -196,8 +196,9 @@ class LookaheadTrainState(linen_train_state.TrainState):
 
     Same fields, same results as ``TrainState`` (up to one rounding of the
     params at a sync), but ``apply_gradients`` calls :func:`update_and_apply`,
-    so with ``tx=lookahead(...)`` the step costs about what the inner
-    optimizer's own step costs. Use it where you would use ``TrainState``.
+    so with ``tx=lookahead(...)`` the inner updates are applied without going
+    through memory (see :func:`update_and_apply` for the cost on CPU). Use it
+    where you would use ``TrainState``.
 
     Example:
       >>> import jax.numpy as jnp

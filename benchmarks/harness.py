@@ -32,6 +32,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 
+from experiments.run_info import cpu_model
+
 # glibc malloc tunables of DESIGN.md section 3: one arena, no mmap for large
 # blocks, and no trimming of the heap's top.
 GLIBC_TUNABLES = (
@@ -115,18 +117,6 @@ def _with_option(arguments: list[str], option: str, value: str) -> list[str]:
         elif not argument.startswith(option + "="):
             kept.append(argument)
     return [*kept, option, value]
-
-
-def cpu_model() -> str:
-    """The processor's name as /proc/cpuinfo gives it, where it does."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(module: str, malloc: str, **extra) -> dict:

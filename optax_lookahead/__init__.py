@@ -15,6 +15,7 @@ from optax_lookahead._lookahead import (
     lookahead,
 )
 from optax_lookahead._lookahead_in_tree import slow_params
+from optax_lookahead._lookahead_jit import LookaheadJit, lookahead_jit
 from optax_lookahead._rows import (
     SparseRows,
     apply_sparse_updates,
@@ -29,6 +30,7 @@ __version__ = "0.2.0.dev0"
 __all__ = (
     "LazyMaskState",
     "LookaheadConfig",
+    "LookaheadJit",
     "LookaheadState",
     "LookaheadTransformation",
     "SparseLazyState",
@@ -37,6 +39,7 @@ __all__ = (
     "gather_rows",
     "lazy_mask",
     "lookahead",
+    "lookahead_jit",
     "slow_params",
     "sparse_lazy",
     "sparse_rows",

@@ -1,9 +1,10 @@
 """Lookahead, with the slow weights kept in the optimizer state.
 
-One step, as :func:`_update` runs it: the inner step (check the inputs, take
-the slow weights from the params if this is the first update, run the inner
-optimizer); on a sync step, move the slow weights toward where the inner step
-would put the params and land the params on them; count the step.
+One step, as :func:`_update` runs it: check the inputs; find the phase (is
+this the first update, is it a sync?); the inner step (take the slow weights
+from the params if this is the first update, run the inner optimizer); on a
+sync step, move the slow weights toward where the inner step would put the
+params and land the params on them; count the step.
 :func:`_update_and_apply` is the same step for loops that let the optimizer
 apply its own updates; the two share every helper below them.
 """
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_lookahead import _checks, _rows, _state_tree
+from optax_lookahead import _checks, _host_step, _rows, _state_tree
 
 InnerStateOnSync = Literal["keep", "reset", "pullback"]
 SyncStaging = Literal["auto", "cond", "select"]
@@ -236,8 +237,10 @@ def _init(config: LookaheadConfig, params) -> LookaheadState:
 def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
     """``tx.update``: the inner step, then the sync, as updates to apply."""
     _rows.refuse_sparse(updates, "lookahead(...).update", _SPARSE_FIX)
+    _check_step_inputs(updates, state, params)
+    first, is_sync = _phase(config, state)
     slow, inner_updates, inner_state = _inner_step(
-        config, updates, state, params, extra_args
+        config, first, updates, state, params, extra_args
     )
     _rows.refuse_sparse(inner_updates, "lookahead(...).update", _SPARSE_FIX)
     inner_updates = jax.tree.map(_in_params_precision, inner_updates, params)
@@ -253,7 +256,7 @@ def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
         return updates, _rows.apply_sparse_updates(params, updates)
 
     updates, slow, inner_state, mirrors = _sync_if_due(
-        config, state, alpha, land, inner_updates, slow, inner_state
+        config, is_sync, state, alpha, land, inner_updates, slow, inner_state
     )
     return updates, _next_state(config, state, slow, inner_state, mirrors)
 
@@ -262,8 +265,10 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
     """The fused step: apply the inner updates, then sync the params."""
     if not isinstance(config.inner, _rows.SparseTransformation):
         _rows.refuse_sparse(updates, "lookahead's inner optimizer", _SPARSE_FIX)
+    _check_step_inputs(updates, state, params)
+    first, is_sync = _phase(config, state)
     slow, inner_updates, inner_state = _inner_step(
-        config, updates, state, params, extra_args
+        config, first, updates, state, params, extra_args
     )
     fast = _rows.apply_sparse_updates(params, inner_updates)
     alpha = _slow_step_size(config, state.step)
@@ -274,15 +279,28 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
         return slow, slow
 
     params, slow, inner_state, mirrors = _sync_if_due(
-        config, state, alpha, land, fast, slow, inner_state
+        config, is_sync, state, alpha, land, fast, slow, inner_state
     )
     return params, _next_state(config, state, slow, inner_state, mirrors)
 
 
-def _inner_step(config: LookaheadConfig, updates, state, params, extra_args):
-    """Checks the inputs; the slow weights for this step; the inner update."""
-    _check_step_inputs(updates, state, params)
-    slow = _slow_from_first_params(config, state, params)
+def _phase(config: LookaheadConfig, state):
+    """Whether this is the first update, and whether it syncs.
+
+    Python bools in a program that :func:`~optax_lookahead.lookahead_jit`
+    compiles for a step it read on the host, so that only the branch that runs
+    is compiled; otherwise traced from the state's step count.
+    """
+    known = _host_step.known_phase(state.step, config.sync_period)
+    if known is not None:
+        return known
+    k = config.sync_period
+    return state.step == 0, state.step % k == k - 1
+
+
+def _inner_step(config: LookaheadConfig, first, updates, state, params, extra_args):
+    """The slow weights for this step, and the inner update."""
+    slow = _slow_from_first_params(config, first, state, params)
     inner_updates, inner_state = config.inner.update(
         updates, state.inner_state, params, **extra_args
     )
@@ -290,7 +308,9 @@ def _inner_step(config: LookaheadConfig, updates, state, params, extra_args):
 
 
 def _next_state(config: LookaheadConfig, state, slow, inner_state, mirrors):
-    return LookaheadState(_next_step(config, state.step), slow, inner_state, mirrors)
+    step = _next_step(config, state.step)
+    _host_step.record_next_step(state.step, step)
+    return LookaheadState(step, slow, inner_state, mirrors)
 
 
 def _check_step_inputs(updates, state, params) -> None:
@@ -328,12 +348,14 @@ def _check_step_inputs(updates, state, params) -> None:
                 )
 
 
-def _slow_from_first_params(config: LookaheadConfig, state, params):
+def _slow_from_first_params(config: LookaheadConfig, first, state, params):
     """The slow weights; at the first update, the params as they are now.
 
-    A staged branch that passes the slow weights through on every other step.
-    In the fused step the params are then updated in place beside it, and
-    XLA:CPU copies them on every step (a known cost, see update_and_apply).
+    In-graph, a staged branch that passes the slow weights through on every
+    other step. In the fused step the params are then updated in place beside
+    it, and XLA:CPU copies them on every step (a cost that
+    :func:`~optax_lookahead.lookahead_jit` avoids by compiling the first
+    update apart).
     """
 
     def take_params(slow):
@@ -341,12 +363,12 @@ def _slow_from_first_params(config: LookaheadConfig, state, params):
             jax.tree.map(lambda p, s: jnp.asarray(p).astype(s.dtype), params, slow),
         )
 
-    (slow,) = _run_if(config, state.step == 0, take_params, state.slow)
+    (slow,) = _run_if(config, first, take_params, state.slow)
     return slow
 
 
 def _sync_if_due(
-    config: LookaheadConfig, state, alpha, land, output, slow, inner_state
+    config: LookaheadConfig, is_sync, state, alpha, land, output, slow, inner_state
 ):
     """On a sync step, ``land`` and sync the inner state; else pass through.
 
@@ -363,7 +385,6 @@ def _sync_if_due(
         )
         return output, slow, inner_state, mirrors
 
-    is_sync = state.step % config.sync_period == config.sync_period - 1
     if config.inner_state_on_sync == "keep":
         output, slow, _, _ = _run_if(config, is_sync, sync, output, slow, None, ())
         return output, slow, inner_state, state.mirrors_at_sync
@@ -385,7 +406,12 @@ def _synced_inner_state(config: LookaheadConfig, alpha, inner_state, mirrors, sl
 
 
 def _run_if(config: LookaheadConfig, pred, fn, *operands):
-    """``fn(*operands)`` if ``pred`` else ``operands``, staged as configured."""
+    """``fn(*operands)`` if ``pred`` else ``operands``, staged as configured.
+
+    A Python bool ``pred`` (a phase known on the host) stages nothing.
+    """
+    if isinstance(pred, bool):
+        return fn(*operands) if pred else operands
 
     def cond(*operands):
         return jax.lax.cond(pred, fn, lambda *kept: kept, *operands)
@@ -404,9 +430,15 @@ def _run_if(config: LookaheadConfig, pred, fn, *operands):
 
 def _next_step(config: LookaheadConfig, step):
     """``step + 1``, wrapping from a multiple of the period back to the period."""
-    wrap = _INT32_MAX // config.sync_period * config.sync_period
     following = step + 1
-    return jnp.where(following == wrap, config.sync_period, following).astype(jnp.int32)
+    return jnp.where(
+        following == wrap_point(config.sync_period), config.sync_period, following
+    ).astype(jnp.int32)
+
+
+def wrap_point(sync_period: int) -> int:
+    """The step count that :func:`_next_step` replaces by ``sync_period``."""
+    return _INT32_MAX // sync_period * sync_period
 
 
 def _slow_step_size(config: LookaheadConfig, step):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_lookahead import _checks, _host_step, _rows, _state_tree
+from optax_lookahead import _checks, _host_step, _rows, _state_tree, _touched_rows
 
 InnerStateOnSync = Literal["keep", "reset", "pullback"]
 SyncStaging = Literal["auto", "cond", "select"]
@@ -50,12 +50,17 @@ class LookaheadState(NamedTuple):
         ``inner_state`` that mirror the params (momenta, moments; each a tree
         like the params) as the last sync left them, in the order they appear
         in ``inner_state``; an empty tuple for the other options.
+      touched_rows: with an inner :func:`sparse_lazy`, a tree like the params
+        with a bool per row (along axis 0) of every leaf, set for the rows
+        that sparse updates touched since the last sync: the only rows a sync
+        has to move. ``None`` for other inner optimizers.
     """
 
     step: jax.Array
     slow: optax.Params
     inner_state: optax.OptState
     mirrors_at_sync: tuple = ()
+    touched_rows: optax.Params | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +132,16 @@ def lookahead(
     in a ``LookaheadParams`` pair, so this is a drop-in for any loop that calls
     ``tx.update(grads, opt_state, params)`` on plain params (Flax ``TrainState``,
     ``nnx.Optimizer``). Evaluate with :func:`slow_params`. For the fastest step,
-    apply with :func:`update_and_apply`.
+    compile the training step with :func:`lookahead_jit` in place of
+    ``jax.jit``: between syncs it runs the inner optimizer's own program.
+
+    With :func:`sparse_lazy` inside (updates given as :class:`SparseRows`,
+    applied with :func:`update_and_apply`), a sync moves only the rows that
+    sparse updates touched since the previous sync (the state records them in
+    ``touched_rows``); every other row already has fast == slow. So its cost
+    follows the rows sampled, not the table. A row changed outside the
+    optimizer (params replaced mid-training) is synced only once an update
+    touches it.
 
     Args:
       inner: the fast optimizer, any optax transformation. Extra keyword
@@ -160,7 +174,8 @@ def lookahead(
         computes it every step and selects, which fuses into the inner
         optimizer's kernel; XLA:GPU, which copies buffers a ``cond`` passes
         through, is faster this way. ``"auto"`` (default) picks ``"cond"`` on
-        CPU and ``"select"`` elsewhere. Results are the same.
+        CPU and ``"select"`` elsewhere. Results are the same. Under
+        :func:`lookahead_jit` nothing is staged, so this has no effect.
 
     Returns:
       A :class:`LookaheadTransformation` (an optax
@@ -230,6 +245,7 @@ def _init(config: LookaheadConfig, params) -> LookaheadState:
         slow=jax.tree.map(_copy, params),
         inner_state=inner_state,
         mirrors_at_sync=mirrors,
+        touched_rows=_touched_rows.init(params) if _is_sparse(config) else None,
     )
     return _state_tree.place_counters_like_params(state, params)
 
@@ -258,12 +274,14 @@ def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
     updates, slow, inner_state, mirrors = _sync_if_due(
         config, is_sync, state, alpha, land, inner_updates, slow, inner_state
     )
-    return updates, _next_state(config, state, slow, inner_state, mirrors)
+    # Dense updates only: a sync here moves every row, so no row is noted.
+    touched = state.touched_rows
+    return updates, _next_state(config, state, slow, inner_state, mirrors, touched)
 
 
 def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_args):
     """The fused step: apply the inner updates, then sync the params."""
-    if not isinstance(config.inner, _rows.SparseTransformation):
+    if not _is_sparse(config):
         _rows.refuse_sparse(updates, "lookahead's inner optimizer", _SPARSE_FIX)
     _check_step_inputs(updates, state, params)
     first, is_sync = _phase(config, state)
@@ -271,17 +289,29 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
         config, first, updates, state, params, extra_args
     )
     fast = _rows.apply_sparse_updates(params, inner_updates)
+    touched = state.touched_rows
+    if touched is not None:
+        touched = _touched_rows.note(touched, inner_updates)
     alpha = _slow_step_size(config, state.step)
-
-    def land(fast, slow):
-        """The new slow weights, and the params on them."""
-        slow = jax.tree.map(functools.partial(_interpolate, alpha), slow, fast)
-        return slow, slow
-
-    params, slow, inner_state, mirrors = _sync_if_due(
-        config, is_sync, state, alpha, land, fast, slow, inner_state
+    interpolate = functools.partial(
+        jax.tree.map, functools.partial(_interpolate, alpha)
     )
-    return params, _next_state(config, state, slow, inner_state, mirrors)
+
+    def land(fast_and_touched, slow):
+        """The params on the new slow weights, and those; rows touched reset."""
+        fast, touched = fast_and_touched
+        if touched is None:
+            slow = interpolate(slow, fast)
+            return (slow, None), slow
+        params, slow, touched = _touched_rows.sync(
+            interpolate, touched, inner_updates, fast, slow, config.sync_period
+        )
+        return (params, touched), slow
+
+    (params, touched), slow, inner_state, mirrors = _sync_if_due(
+        config, is_sync, state, alpha, land, (fast, touched), slow, inner_state
+    )
+    return params, _next_state(config, state, slow, inner_state, mirrors, touched)
 
 
 def _phase(config: LookaheadConfig, state):
@@ -307,10 +337,10 @@ def _inner_step(config: LookaheadConfig, first, updates, state, params, extra_ar
     return slow, inner_updates, inner_state
 
 
-def _next_state(config: LookaheadConfig, state, slow, inner_state, mirrors):
+def _next_state(config: LookaheadConfig, state, slow, inner_state, mirrors, touched):
     step = _next_step(config, state.step)
     _host_step.record_next_step(state.step, step)
-    return LookaheadState(step, slow, inner_state, mirrors)
+    return LookaheadState(step, slow, inner_state, mirrors, touched)
 
 
 def _check_step_inputs(updates, state, params) -> None:
@@ -426,6 +456,11 @@ def _run_if(config: LookaheadConfig, pred, fn, *operands):
     if config.sync_staging == "select":
         return select(*operands)
     return jax.lax.platform_dependent(*operands, cpu=cond, default=select)
+
+
+def _is_sparse(config: LookaheadConfig) -> bool:
+    """Whether the inner optimizer takes sparse rows (``sparse_lazy``)."""
+    return isinstance(config.inner, _rows.SparseTransformation)
 
 
 def _next_step(config: LookaheadConfig, step):

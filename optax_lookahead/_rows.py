@@ -296,7 +296,7 @@ def scatter_rows(table: jax.Array, ids: jax.Array, rows: jax.Array) -> jax.Array
     """``table`` with ``table[ids] = rows``; ids outside the table are dropped."""
     ids = clean_ids(ids, table.shape[0])
     return table.at[ids].set(
-        rows.astype(table.dtype), mode="drop", **_keep_layout(table)
+        rows.astype(table.dtype), mode="drop", **keep_layout(table)
     )
 
 
@@ -340,7 +340,7 @@ def apply_sparse_updates(params, updates):
         if is_sparse(update):
             rows = checked_rows(update, param, jax.tree_util.keystr(path))
             return param.at[rows.ids].add(
-                rows.values.astype(param.dtype), mode="drop", **_keep_layout(param)
+                rows.values.astype(param.dtype), mode="drop", **keep_layout(param)
             )
         return add_update(param, update)
 
@@ -391,7 +391,7 @@ def _gather_sharding(ids, table):
     )
 
 
-def _keep_layout(table) -> dict:
+def keep_layout(table) -> dict:
     """``out_sharding=`` for a scatter into ``table`` on an explicit-axes mesh."""
     if _explicit_mesh(table) is None:
         return {}

@@ -27,10 +27,11 @@ def update_and_apply(
     afterwards, on the params and slow weights only. A transformation must hand
     its updates to ``apply_updates``, so the plain ``tx.update`` writes the
     inner updates to memory and reads them back on every step; here XLA fuses
-    the inner step with the apply, as it does for ``optax.adam`` alone. (In this
-    version XLA:CPU also copies the params once per step, because of the
-    conditional that takes the slow weights from the first update's params;
-    the plain ``tx.update`` has no such copy.)
+    the inner step with the apply, as it does for ``optax.adam`` alone. (Under
+    plain ``jax.jit``, XLA:CPU also copies the params once per step, because
+    of the conditional that takes the slow weights from the first update's
+    params. Under :func:`lookahead_jit` there is no conditional and no copy,
+    and the plain ``tx.update`` form compiles to the same program.)
 
     Updates given as :class:`SparseRows` (from :func:`sparse_lazy`) are added
     in place, row by row. For any other ``tx`` this runs the two lines above.

@@ -19,6 +19,7 @@ from optax_lookahead import (
     LookaheadState,
     lazy_mask,
     lookahead,
+    lookahead_jit,
     slow_params,
     sparse_lazy,
     sparse_rows,
@@ -577,3 +578,47 @@ def test_sparse_lazy_on_a_row_sharded_table_of_an_explicit_mesh(outer):
     for name in ("mu", "nu"):
         moment = optax.tree.get(sharded_state, name)["embedding"]
         assert moment.sharding.is_equivalent_to(by_rows, 2), (name, moment.sharding)
+
+
+# lookahead_jit (issue 12): the host's choice of program under pmap and
+# sharded jit.
+
+
+def test_lookahead_jit_under_pmap_matches_pmap():
+    tx = make_tx()
+    params = init_params()
+    devices = 8
+
+    def train_step(params, state, words):
+        grads = jax.lax.pmean(jax.grad(loss_fn)(params, words), "data")
+        return step(tx, params, state, grads)
+
+    fast = lookahead_jit(train_step, jit=jax.pmap, axis_name="data")
+    reference = jax.pmap(train_step, axis_name="data")
+    replicate = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * devices), tree)
+    ours = theirs = (replicate(params), replicate(tx.init(params)))
+    for words in word_batches(count=7, batch=64):
+        shards = words.reshape(devices, -1, *words.shape[1:])
+        ours, theirs = fast(*ours, shards), reference(*theirs, shards)
+    assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_lookahead_jit_on_sharded_params_keeps_shardings_and_donates():
+    mesh = mesh_2d(AxisType.Auto)
+    params = sharded_params(mesh, MESH_SPECS["rows"])
+    tx = make_tx()
+    state = tx.init(params)
+
+    @partial(lookahead_jit, donate_argnums=(0, 1))
+    def train_step(params, state, words):
+        return step(tx, params, state, jax.grad(loss_fn)(params, words))
+
+    reference = jax.jit(train_step.__wrapped__)
+    theirs = jax.tree.map(jnp.copy, (params, state))
+    for words in word_batches(count=6, batch=16):
+        old_params = params
+        params, state = train_step(params, state, words)
+        theirs = reference(*theirs, words)
+        assert old_params["embedding"].is_deleted()
+    assert_trees_close((params, state), theirs, rtol=1e-6, atol=1e-7)
+    assert_state_follows_params(tx, state, params)

@@ -1,0 +1,151 @@
+"""lookahead(sparse_lazy(...)) syncs only the rows touched since the last sync.
+
+The oracle is the dense formulation, lookahead(lazy_mask(..., freeze_state=
+True)) on the dense gradient, whose sync interpolates every row; a row that no
+step touched has fast == slow there, so the two must agree on every row.
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from optax_lookahead import (
+    lazy_mask,
+    lookahead,
+    lookahead_jit,
+    slow_params,
+    sparse_lazy,
+    sparse_rows,
+    update_and_apply,
+)
+from tests.helpers import standard_promotion
+
+ROWS, DIM = 40, 3
+
+
+def adam():
+    return standard_promotion(optax.adam(0.05))
+
+
+def dense_gradient(ids, values):
+    inside = (ids >= 0) & (ids < ROWS)
+    grad = np.zeros((ROWS, DIM), np.float32)
+    np.add.at(grad, ids[inside], values[inside])
+    return jnp.asarray(grad)
+
+
+@functools.cache
+def steps(sync_period, on_sync):
+    """The sparse and the dense lookahead, and their jitted fused steps.
+
+    Cached, so that examples with the same arguments reuse the compiled steps.
+    """
+    sparse_tx = lookahead(sparse_lazy(adam()), sync_period, 0.5, on_sync)
+    dense_tx = lookahead(
+        lazy_mask(adam(), freeze_state=True), sync_period, 0.5, on_sync
+    )
+    return (
+        sparse_tx,
+        dense_tx,
+        jax.jit(functools.partial(update_and_apply, sparse_tx)),
+        jax.jit(functools.partial(update_and_apply, dense_tx)),
+    )
+
+
+def run_both(ids_per_step, sync_period, on_sync="keep", seed=0, buffer=None):
+    """Sparse and dense lookahead over the same id buffers; final states.
+
+    With ``buffer``, every step's ids are padded with -1 to that many.
+    """
+    rng = np.random.default_rng(seed)
+    params = {"embedding": jnp.asarray(rng.normal(size=(ROWS, DIM)), jnp.float32)}
+    sparse_tx, dense_tx, sparse_step, dense_step = steps(sync_period, on_sync)
+    sparse = (jax.tree.map(jnp.copy, params), sparse_tx.init(params))
+    dense = (jax.tree.map(jnp.copy, params), dense_tx.init(params))
+    for ids in ids_per_step:
+        if buffer is not None:
+            ids = list(ids) + [-1] * (buffer - len(ids))
+        ids = np.asarray(ids, np.int32)
+        values = rng.normal(size=(ids.size, DIM)).astype(np.float32)
+        rows = sparse_rows(jnp.asarray(ids), jnp.asarray(values), ROWS)
+        sparse = sparse_step(*sparse, {"embedding": rows})
+        dense = dense_step(*dense, {"embedding": dense_gradient(ids, values)})
+    return params, sparse, dense
+
+
+def assert_agree(sparse, dense):
+    (sparse_params, sparse_state), (dense_params, dense_state) = sparse, dense
+    chex.assert_trees_all_close(sparse_params, dense_params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        slow_params(sparse_state), slow_params(dense_state), rtol=1e-5, atol=1e-6
+    )
+
+
+id_buffers = st.lists(
+    st.lists(st.integers(-2, ROWS + 2), min_size=1, max_size=25),
+    min_size=1,
+    max_size=9,
+)
+
+
+@given(ids_per_step=id_buffers, sync_period=st.integers(1, 4), seed=st.integers(0, 9))
+def test_equals_a_sync_of_every_row(ids_per_step, sync_period, seed):
+    """Padding, repeats, ids past the end (buffers of one size: one compile)."""
+    _, sparse, dense = run_both(ids_per_step, sync_period, seed=seed, buffer=25)
+    assert_agree(sparse, dense)
+
+
+def test_a_period_that_touched_more_rows_than_one_round_takes_several():
+    # The sync step names one id, so one round covers sync_period = 3 rows;
+    # the period touched 31.
+    ids = [list(range(0, 30)), [35], [36]]
+    _, sparse, dense = run_both(ids, sync_period=3)
+    assert_agree(sparse, dense)
+
+
+@pytest.mark.parametrize("on_sync", ["keep", "reset", "pullback"])
+def test_every_option_for_the_inner_state(on_sync):
+    ids = [[1, 2, -1], [2, 5, 5], [7, 1, 0], [9, 9, 9], [3, 4, 6]]
+    _, sparse, dense = run_both(ids, sync_period=2, on_sync=on_sync)
+    assert_agree(sparse, dense)
+
+
+def test_the_record_flags_the_touched_rows_and_clears_at_a_sync():
+    _, (_, state), _ = run_both([[1, 4, -1], [4, 7, ROWS]], sync_period=3)
+    flagged = np.flatnonzero(np.asarray(state.touched_rows["embedding"]))
+    np.testing.assert_array_equal(flagged, [1, 4, 7])
+    _, (_, state), _ = run_both([[1, 4], [4, 7], [9, 9]], sync_period=3)
+    assert not np.asarray(state.touched_rows["embedding"]).any()
+
+
+def test_dense_inner_optimizers_keep_no_record():
+    state = lookahead(adam()).init({"w": jnp.zeros((4, 2))})
+    assert state.touched_rows is None
+
+
+def test_the_sync_program_moves_no_whole_table():
+    rows, dim = 20_000, 16
+    tx = lookahead(sparse_lazy(adam()), sync_period=5)
+    train_step = lookahead_jit(
+        lambda p, s, g: update_and_apply(tx, p, s, g), donate_argnums=(0, 1)
+    )
+    params = {"embedding": jnp.zeros((rows, dim))}
+    grads = {"embedding": sparse_rows(jnp.arange(8), jnp.ones((8, dim)), rows)}
+    state = tx.init(params)
+    for step in (1, 4):  # between syncs, and a sync
+        state = state._replace(step=jnp.asarray(step, jnp.int32))
+        text = train_step.lower(params, state, grads).compile().as_text()
+        table_copies = [
+            line
+            for line in text.splitlines()
+            if f"[{rows},{dim}]" in line and " copy(" in line
+        ]
+        assert not table_copies
+        assert "conditional" not in text

@@ -15,17 +15,24 @@ repetitions):
 
 Variants: ``optax.adam`` (dense), ``lazy_mask(adam, freeze_state=True)``
 (dense, same results as the sparse one), ``sparse_lazy(adam)``, and
-``lookahead(sparse_lazy(adam))`` through ``update_and_apply`` (its sync, every
-5 steps, is dense: "sync" and "mean" columns). "bytes" is along the non-sync
-path of the compiled step, counting in-place scatters and gathers by the rows
-they move (benchmarks/hlo_bytes.py).
+``lookahead(sparse_lazy(adam))`` through ``update_and_apply``, jitted with
+``jax.jit`` and, as ``lookahead(sparse_lazy(adam)) [lookahead_jit]``, with
+``optax_lookahead.lookahead_jit`` (one program per lookahead phase, chosen on
+the host; the call, host's choice included, is what is timed). Each time is
+the mean over two whole periods of 5 steps, so a lookahead variant's sync is
+in it. "bytes" is along the path of a non-sync and of a sync step through the
+compiled step (for ``[lookahead_jit]``, each phase's own program, lowered
+with the state's step count at 1 and at 4; see ``harness.phase_programs``),
+counting in-place scatters and gathers by the rows they move
+(benchmarks/hlo_bytes.py).
 
 Time figures are measured with glibc's default malloc and with the tunables of
 DESIGN.md section 3 (``--malloc``, see harness.py).
 
 Run from the repository root (the 2M-row tables one fraction per process, so
-that each starts with a fresh heap on a 24 GiB machine; results merge into the
---out file):
+that each starts with a fresh heap on a 24 GiB machine, where the variants'
+params and states hold about 14 GiB at 2M rows; results merge into the --out
+file):
     python -m benchmarks.bench_sparse --rows 200000 --out benchmarks/results/sparse-cpu.json
     for f in 0.001 0.01 0.1; do python -m benchmarks.bench_sparse --rows 2000000 \
         --fractions $f --repetitions 3 --out benchmarks/results/sparse-cpu.json; done
@@ -78,6 +85,10 @@ def variants(rows):
             "sparse",
             lambda: lookahead(sparse_lazy(adam()), SYNC_PERIOD),
         ),
+        "lookahead(sparse_lazy(adam))" + harness.LOOKAHEAD_JIT: (
+            "sparse",
+            lambda: lookahead(sparse_lazy(adam()), SYNC_PERIOD),
+        ),
     }
 
 
@@ -115,18 +126,23 @@ def training_step(tx, sparse, rows):
 
 
 class Runner:
-    def __init__(self, step, tx, params, batch):
-        self.step = jax.jit(step, donate_argnums=(0, 1))
+    def __init__(self, name, step, tx, params, batch):
+        self.step = harness.jit_for(name)(step, donate_argnums=(0, 1))
         self.params = jax.tree.map(jnp.copy, params)
         self.state = tx.init(self.params)
         self.batch = batch
-        lowered = jax.jit(step, donate_argnums=(0, 1)).lower(
-            self.params, self.state, batch
+        # One whole period compiles every program the variant runs (for
+        # lookahead_jit: the first update, a non-sync step and a sync).
+        self.seconds_per_step(SYNC_PERIOD)
+        self.bytes = {}
+        programs = harness.phase_programs(
+            self.step, self.params, self.state, batch, SYNC_PERIOD
         )
-        text = lowered.compile().as_text()
-        self.bytes = hlo_bytes.path_bytes(text, 0)
-        self.params, self.state = self.step(self.params, self.state, batch)
-        jax.block_until_ready(self.params)
+        for label, (compiled, path) in programs.items():
+            known = path is not None
+            self.bytes[label] = (
+                hlo_bytes.path_bytes(compiled.as_text(), path) if known else None
+            )
 
     def seconds_per_step(self, steps):
         start = time.perf_counter()
@@ -170,7 +186,7 @@ def measure(rows, fraction, repetitions, whole_step):
                     dense_grads = {"embedding": dense, "kernel": kernel_grad}
                 grads = dense_grads
             batch, step = grads, optimizer_step(tx)
-        runners[name] = Runner(step, tx, params, batch)
+        runners[name] = Runner(name, step, tx, params, batch)
     del params, dense_grads  # each runner holds its own copy
     seconds = {name: [] for name in runners}
     for _ in range(repetitions):
@@ -184,7 +200,13 @@ def measure(rows, fraction, repetitions, whole_step):
             "time_ratio": statistics.median(ratios),
             "time_ratio_spread": [min(ratios), max(ratios)],
             "seconds": statistics.median(seconds[name]),
-            "bytes_ratio": runner.bytes / runners[base].bytes,
+            "bytes_ratio": runner.bytes["non_sync"] / runners[base].bytes["non_sync"],
+            "bytes_ratio_sync": None
+            if runner.bytes["sync"] is None
+            else runner.bytes["sync"] / runners[base].bytes["non_sync"],
+            "program": "lookahead_jit"
+            if harness.uses_lookahead_jit(name)
+            else "jax.jit",
         }
         runner.release()
     return result
@@ -244,8 +266,8 @@ def table(runs):
             by_config.setdefault(key, {})[malloc] = result
     lines = [
         "| table rows | sampled | variant | optimizer step, time (default / tuned"
-        " malloc) | optimizer step (bytes) | whole training step, time (default /"
-        " tuned) |",
+        " malloc) | optimizer step (bytes non-sync / sync) | whole training step,"
+        " time (default / tuned) |",
         "|---|---|---|---|---|---|",
     ]
     for (rows, fraction), measured in sorted(by_config.items()):
@@ -257,10 +279,12 @@ def table(runs):
                 _times(measured, part, name) for part in ("optimizer", "whole")
             )
             first = next(r for r in measured.values() if name in r["optimizer"])
+            figure = first["optimizer"][name]
+            sync = figure.get("bytes_ratio_sync")
+            sync = "-" if sync is None else f"{sync:.3f}x"
             lines.append(
                 f"| {rows:,} | {fraction:.1%} | `{name}` | {optimizer} |"
-                f" {first['optimizer'][name]['bytes_ratio']:.3f}x |"
-                f" {whole} |"
+                f" {figure['bytes_ratio']:.3f}x / {sync} | {whole} |"
             )
     return "\n".join(lines)
 

@@ -2,8 +2,13 @@
 
 Every variant is a jitted step that donates params and optimizer state:
 ``updates, state = tx.update(grads, state, params); params += updates`` (or
-the fused ``update_and_apply``). Variants are measured interleaved, in one
-process, over several repetitions; each figure is a ratio to ``optax.adam``
+the fused ``update_and_apply``). A variant named ``... [lookahead_jit]`` runs
+the same step through ``optax_lookahead.lookahead_jit`` instead of
+``jax.jit``: one program per lookahead phase (first update, sync, between
+syncs), chosen on the host from the state's step count, so that a non-sync
+step is the inner optimizer's own program. Variants are measured
+interleaved, in one process, over several repetitions (``optax.adam`` and
+``optax.lookahead(adam)`` among them); each figure is a ratio to ``optax.adam``
 measured in the same repetition, and the table shows the median over
 repetitions. Four workloads: ~16.8M dense float32 params (``dense``); an
 embedding table of 200,000 x 128 with 1% and 100% of rows sampled
@@ -18,14 +23,23 @@ tunables of DESIGN.md section 3 (``--malloc``, see harness.py):
 - non-sync: median time of a blocked step that is not a sync;
 - sync: median time of a blocked sync step;
 - mean: an unblocked run of whole periods (k=5 steps), divided by its steps.
+Every step is a call of what the variant jits: for ``[lookahead_jit]`` the
+host's reading of the step count and its choice of program are in the time.
+Before timing, each variant runs one whole period, so that every program it
+runs (lookahead_jit's three) is compiled.
 Compiled-program figures (machine independent, from XLA's own analysis):
 - bytes: bytes accessed along the non-sync and the sync path of the compiled
   step. XLA's ``cost_analysis()`` reports a ``lax.cond`` as its most expensive
   branch, so hlo_bytes.py sums XLA's per-instruction figure (operands plus
   result) along each path of the optimized HLO; on programs without a cond it
   equals ``cost_analysis()['bytes accessed']`` (tests/test_benchmarks.py). The sync
-  path is a steady-state sync, not the first update (see ``sync_path``);
-- temp: ``memory_analysis().temp_size_in_bytes``;
+  path is a steady-state sync, not the first update (see
+  ``hlo_bytes.sync_path``). A ``[lookahead_jit]`` variant's figures are read
+  from each phase's own program, lowered with the state's step count at 1
+  (non-sync) and k - 1 = 4 (sync) (``harness.phase_programs``); its first
+  update's program runs once and is not in the steady state;
+- temp: ``memory_analysis().temp_size_in_bytes``; for a ``[lookahead_jit]``
+  variant whose phase programs differ, non-sync / sync;
 - copies: ``copy`` instructions of a param-size shape along each path;
 - state: persistent optimizer-state bytes, in param-copies beyond adam's.
 
@@ -89,7 +103,8 @@ def sampled_grads(params, fraction, seed=0):
 
 
 def optimizer_variants(names):
-    """Variant name -> (step kind, optimizer factory)."""
+    """Variant name -> (step kind, optimizer factory); a ``[lookahead_jit]``
+    name has its base variant's, and only its jit differs."""
     adam = lambda: optax.adam(1e-3)
 
     def staged(inner, staging):
@@ -135,7 +150,7 @@ def optimizer_variants(names):
             lambda: lookahead(sparse_lazy(adam()), SYNC_PERIOD),
         ),
     }
-    return {name: table[name] for name in names}
+    return {name: table[name.removesuffix(harness.LOOKAHEAD_JIT)] for name in names}
 
 
 def make_step(kind, tx):
@@ -249,44 +264,28 @@ def param_shapes(params):
     }
 
 
-def sync_path(hlo_text):
-    """The branches a steady-state sync step takes (see hlo_bytes.py).
-
-    A lookahead step staged with ``lax.cond`` has two conditionals, in this
-    order: the first update's (take the slow weights from the params, at
-    step 0 only) and the sync's. A sync step takes the first's false branch and
-    the second's true one. Programs without conditionals have one path.
-    """
-    count = hlo_bytes.conditionals(hlo_text)
-    if count == 0:
-        return 0
-    if count == 2:
-        return (0, 1)
-    raise RuntimeError(
-        f"expected lookahead's two conditionals (first update, sync), found"
-        f" {count}: update bench_step.sync_path to the library's staging"
-    )
-
-
-def compiled_figures(step, params, state, batch, kind):
-    """Bytes and param-size copies along the non-sync and the sync path of the
-    real compiled step (see hlo_bytes.py), XLA's own bytes figure (which costs
-    a conditional as its dearest branch) and the temp allocation size."""
-    compiled = (
-        jax.jit(step, donate_argnums=(0, 1)).lower(params, state, batch).compile()
-    )
-    text = compiled.as_text()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+def compiled_figures(jitted, params, state, batch, kind):
+    """Per phase ("non_sync", "sync"): bytes and param-size copies along the
+    phase's path through its compiled program (see hlo_bytes.py and
+    ``harness.phase_programs``), its temp allocation, its conditionals and
+    XLA's own bytes figure (which costs a conditional as its dearest branch).
+    ``jitted`` is what the benchmark calls, so its compilation is reused."""
+    programs = harness.phase_programs(jitted, params, state, batch, SYNC_PERIOD)
     shapes = param_shapes(params.fast if kind == "optax_lookahead_pair" else params)
-    figures = {
-        "xla_bytes": float(cost.get("bytes accessed", float("nan"))),
-        "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
-    }
-    for label, path in (("non_sync", 0), ("sync", sync_path(text))):
+    figures = {}
+    for label, (compiled, path) in programs.items():
+        text = compiled.as_text()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        known = path is not None
         figures[label] = {
-            "bytes": hlo_bytes.path_bytes(text, path),
-            "param_copies": hlo_bytes.path_copies(text, path, shapes),
+            "bytes": hlo_bytes.path_bytes(text, path) if known else None,
+            "param_copies": hlo_bytes.path_copies(text, path, shapes)
+            if known
+            else None,
+            "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
+            "conditionals": hlo_bytes.conditionals(text),
+            "xla_bytes": float(cost.get("bytes accessed", float("nan"))),
         }
     return figures
 
@@ -298,19 +297,24 @@ def state_bytes(state):
 class Runner:
     """One compiled, donated step of one variant, with its live buffers."""
 
-    def __init__(self, kind, tx, params, batch, model_step):
+    def __init__(self, variant, kind, tx, params, batch, model_step):
         self.kind = kind
         step = (make_model_step if model_step else make_step)(kind, tx)
-        self.step = jax.jit(step, donate_argnums=(0, 1))
+        self.step = harness.jit_for(variant)(step, donate_argnums=(0, 1))
         self.params, self.state = initial(kind, tx, params)
         self.batch = batch
-        self.compiled = compiled_figures(step, self.params, self.state, batch, kind)
         self.state_bytes = state_bytes(self.state)
+        fast = self.params.fast if kind == "optax_lookahead_pair" else self.params
         if kind == "optax_lookahead_pair":  # its slow copy sits in the params
             self.state_bytes += state_bytes(self.params.slow)
-        self.params, self.state = self.step(self.params, self.state, batch)  # compile
-        block(self.params)
-        self.phase = 1  # steps taken, modulo the period
+        self.largest_param_bytes = max(x.nbytes for x in jax.tree.leaves(fast))
+        # One whole period compiles every program the variant runs (for
+        # lookahead_jit: the first update, a non-sync step and a sync).
+        self.phase = 0  # steps taken, modulo the period
+        self.timed_steps(SYNC_PERIOD, blocked=False)
+        self.compiled = compiled_figures(
+            self.step, self.params, self.state, batch, kind
+        )
 
     def timed_steps(self, steps, blocked):
         """Returns per-step times (blocked) or the total time (unblocked)."""
@@ -336,7 +340,7 @@ def measure_workload(name, params, batch, variants, repetitions, periods, model_
     print(f"\n== {name}", flush=True)
     runners = {}
     for variant, (kind, make_tx) in variants.items():
-        runners[variant] = Runner(kind, make_tx(), params, batch, model_step)
+        runners[variant] = Runner(variant, kind, make_tx(), params, batch, model_step)
         print(f"  compiled {variant}", flush=True)
     ratios = {v: {"non_sync": [], "sync": [], "mean": []} for v in variants}
     seconds = {v: {"non_sync": [], "sync": [], "mean": []} for v in variants}
@@ -363,10 +367,14 @@ def measure_workload(name, params, batch, variants, repetitions, periods, model_
                 )
         print(f"  repetition {repetition + 1}/{repetitions} done", flush=True)
 
-    adam = runners["adam"]
+    adam = runners["adam"].compiled["non_sync"]
     results = {}
     for variant, runner in runners.items():
+        phases = runner.compiled
         results[variant] = {
+            "program": "lookahead_jit"
+            if harness.uses_lookahead_jit(variant)
+            else "jax.jit",
             "time_ratio": {f: statistics.median(r) for f, r in ratios[variant].items()},
             "time_ratio_spread": {
                 f: [min(r), max(r)] for f, r in ratios[variant].items()
@@ -375,35 +383,41 @@ def measure_workload(name, params, batch, variants, repetitions, periods, model_
                 f: statistics.median(seconds["adam"][f]) for f in ("non_sync", "mean")
             },
             "bytes_ratio": {
-                label: runner.compiled[label]["bytes"]
-                / adam.compiled["non_sync"]["bytes"]
-                for label in ("non_sync", "sync")
+                label: None
+                if phases[label]["bytes"] is None
+                else phases[label]["bytes"] / adam["bytes"]
+                for label in PHASES
             },
-            "temp_bytes": runner.compiled["temp_bytes"],
-            "xla_bytes_ratio": runner.compiled["xla_bytes"]
-            / adam.compiled["xla_bytes"],
-            "param_copies": {
-                label: runner.compiled[label]["param_copies"]
-                for label in ("non_sync", "sync")
+            # The most the step needs: with jax.jit both labels are one program.
+            "temp_bytes": max(phases[label]["temp_bytes"] for label in PHASES),
+            "temp_bytes_by_phase": {
+                label: phases[label]["temp_bytes"] for label in PHASES
             },
-            "adam_bytes_check": [
-                adam.compiled["non_sync"]["bytes"],
-                adam.compiled["xla_bytes"],
-            ],
-            "extra_state_param_copies": (runner.state_bytes - adam.state_bytes)
+            "xla_bytes_ratio": phases["non_sync"]["xla_bytes"] / adam["xla_bytes"],
+            "param_copies": {label: phases[label]["param_copies"] for label in PHASES},
+            "conditionals": {label: phases[label]["conditionals"] for label in PHASES},
+            "adam_bytes_check": [adam["bytes"], adam["xla_bytes"]],
+            "extra_state_param_copies": (
+                runner.state_bytes - runners["adam"].state_bytes
+            )
             / state_bytes(params),
+            "largest_param_bytes": runner.largest_param_bytes,
         }
     for runner in runners.values():
         del runner.params, runner.state
     return results
 
 
+PHASES = ("non_sync", "sync")
 WORKLOADS = ("dense", "embedding_1pct", "embedding_all", "model")
+LJ = harness.LOOKAHEAD_JIT
 DENSE_NAMES = [
     "adam",
     "optax.lookahead(adam)",
     "lookahead(adam)",
+    "lookahead(adam)" + LJ,
     "update_and_apply(lookahead(adam))",
+    "update_and_apply(lookahead(adam))" + LJ,
     "lookahead(adam) [cond]",
     "lookahead(adam) [select]",
     "update_and_apply(lookahead(adam)) [cond]",
@@ -414,12 +428,15 @@ LAZY_NAMES = [
     "lazy_mask(adam)",
     "lazy_mask(adam, freeze_state)",
     "lookahead(lazy_mask(adam))",
+    "lookahead(lazy_mask(adam))" + LJ,
     "update_and_apply(lookahead(lazy_mask(adam)))",
+    "update_and_apply(lookahead(lazy_mask(adam)))" + LJ,
 ]
 MODEL_NAMES = [
-    *dict.fromkeys(DENSE_NAMES[:4] + LAZY_NAMES),
+    *dict.fromkeys(DENSE_NAMES[:6] + LAZY_NAMES),
     "sparse_lazy(adam)",
     "update_and_apply(lookahead(sparse_lazy(adam)))",
+    "update_and_apply(lookahead(sparse_lazy(adam)))" + LJ,
 ]
 
 
@@ -480,16 +497,34 @@ def table(runs):
                 )
                 for figure in ("non_sync", "sync", "mean")
             ]
-            b = first["bytes_ratio"]
+            b = {k: ratio_cell(v) for k, v in first["bytes_ratio"].items()}
             copies = "/".join(
-                str(first["param_copies"][k]) for k in ("non_sync", "sync")
+                "-"
+                if first["param_copies"][k] is None
+                else str(first["param_copies"][k])
+                for k in PHASES
             )
             lines.append(
-                f"| `{variant}` | {' | '.join(times)} | {b['non_sync']:.2f}x |"
-                f" {b['sync']:.2f}x | {first['temp_bytes'] / 2**20:.1f} | {copies} |"
+                f"| `{variant}` | {' | '.join(times)} | {b['non_sync']} |"
+                f" {b['sync']} | {temp_cell(first)} | {copies} |"
                 f" {first['extra_state_param_copies']:.2f} |"
             )
     return "\n".join(lines)
+
+
+def ratio_cell(value):
+    """``1.23x``, or ``-`` for a figure not read (None)."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def temp_cell(result):
+    """Temp MiB: one figure, or non-sync / sync where the phases' programs
+    differ (a ``[lookahead_jit]`` variant)."""
+    by_phase = result.get("temp_bytes_by_phase", {})
+    if any(label not in by_phase for label in PHASES):
+        return f"{result['temp_bytes'] / 2**20:.1f}"
+    cells = dict.fromkeys(f"{by_phase[label] / 2**20:.1f}" for label in PHASES)
+    return " / ".join(cells)
 
 
 def workload_inputs(workload, quick):

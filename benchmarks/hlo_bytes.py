@@ -225,3 +225,31 @@ def path_copies(hlo_text: str, branch, shapes) -> int:
         op in ("copy", "copy-start") and re.sub(r"\{.*\}", "", shape) in shapes
         for shape, op, _ in path_instructions(hlo_text, branch)
     )
+
+
+# Branches a path names for conditionals nested inside lookahead's sync: their
+# false branch (more than any step has; extra entries are never read).
+_NESTED = (0,) * 16
+
+
+def sync_path(hlo_text: str):
+    """The path a steady-state sync step takes through a lookahead step compiled
+    with ``jax.jit`` (not the first update).
+
+    A lookahead step staged with ``lax.cond`` has two conditionals on its
+    non-sync path, in this order: the first update's (take the slow weights
+    from the params, at step 0 only) and the sync's. A sync step takes the
+    first's false branch and the second's true one; any conditional nested in
+    the sync takes its false branch. A program without conditionals (the sync
+    staged as a select, or a program that ``lookahead_jit`` compiled for one
+    phase) has one path, 0.
+    """
+    count = conditionals(hlo_text)
+    if count == 0:
+        return 0
+    if count == 2:
+        return (0, 1, *_NESTED)
+    raise RuntimeError(
+        f"expected lookahead's two conditionals (first update, sync), found"
+        f" {count}: update hlo_bytes.sync_path to the library's staging"
+    )

@@ -33,11 +33,13 @@ def header_lines(data):
         header = run["header"]
         tunables = header.get("glibc_tunables") or "unset"
         cpu = f" ({header['cpu']})" if header.get("cpu") else ""
+        took = header.get("wall_seconds")
+        took = f"; {took:.0f} s" if took is not None else ""
         lines.append(
             f"- malloc {malloc}: date {header['date']}; {header['device']}{cpu},"
             f" {header['cpu_count']} CPU cores; jax {header['jax']}, optax"
             f" {header['optax']}; {header['repetitions']} repetitions;"
-            f" GLIBC_TUNABLES {tunables}; command `{header['command']}`"
+            f" GLIBC_TUNABLES {tunables}; command `{header['command']}`{took}"
         )
     return "\n".join(lines) + "\n"
 
@@ -142,6 +144,147 @@ def targets_table(data):
     return "\n".join(lines)
 
 
+# Issue 12's fast paths: the step through lookahead_jit, fused and drop-in.
+FAST_PATHS = (
+    "update_and_apply(lookahead(adam))" + harness.LOOKAHEAD_JIT,
+    "lookahead(adam)" + harness.LOOKAHEAD_JIT,
+)
+SPARSE_LOOKAHEADS = (
+    "lookahead(sparse_lazy(adam))",
+    "lookahead(sparse_lazy(adam))" + harness.LOOKAHEAD_JIT,
+)
+
+
+def floor_table(step_data, sparse_data=None, mean_limit=1.10):
+    """Issue 12's targets (the speed floor) against one machine's figures, per
+    malloc setting; None where the runs have no ``[lookahead_jit]`` variant.
+
+    From ``step_data`` (bench_step, dense workload): each fast path's non-sync
+    program against adam's (bytes, param-size copies, temporaries no larger
+    than a param), its mean over a period against ``mean_limit`` and against
+    ``optax.lookahead(adam)`` in the same run. From ``sparse_data``
+    (bench_sparse, optimizer step), where given: ``lookahead(sparse_lazy(adam))``
+    with 1% of 200,000 rows sampled against 0.05x dense adam, and the time of
+    2,000 sampled rows in a table of 200,000 and of 2,000,000 rows.
+    """
+    runs = step_data["runs"]
+    dense = {
+        m: runs[m]["results"].get("dense", {})
+        for m in harness.MALLOC_ORDER
+        if m in runs
+    }
+    compiled = next(iter(dense.values()), {})  # the same under both settings
+    fast = [v for v in FAST_PATHS if v in compiled]
+    if not fast:
+        return None
+    lines = [
+        "| figure | target | default malloc | tuned malloc | |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(name, target, values, limit, compiled_value=None, digits=2):
+        """``values``: malloc -> figure (None: not measured); a figure read
+        from the compiled program is the same in both columns."""
+        cells, verdicts = [], []
+        for malloc in harness.MALLOC_ORDER:
+            value = values.get(malloc)
+            shown = "-" if value is None else f"{value:.{digits}f}x"
+            cells.append(compiled_value or shown)
+            if value is not None and limit is not None:
+                missed = f"missed by {value - limit:.{digits}f}x"
+                verdict = "met" if value <= limit else missed
+                verdicts.append(verdict if compiled_value else f"{malloc}: {verdict}")
+        verdicts = list(dict.fromkeys(verdicts))
+        lines.append(
+            f"| {name} | {target} | {cells[0]} | {cells[1]} | {'; '.join(verdicts)} |"
+        )
+
+    def timed(variant, figure):
+        return {
+            m: d[variant]["time_ratio"][figure]
+            for m, d in dense.items()
+            if variant in d
+        }
+
+    for variant in fast:
+        first = compiled[variant]
+        bytes_ratio = first["bytes_ratio"]["non_sync"]
+        copies = first["param_copies"]["non_sync"]
+        temp = first.get("temp_bytes_by_phase", {}).get("non_sync")
+        largest = first.get("largest_param_bytes")
+        row(
+            f"`{variant}` bytes accessed, non-sync step",
+            "<= 1.01x adam",
+            dict.fromkeys(dense, bytes_ratio),
+            1.01,
+            f"{bytes_ratio:.3f}x (compiled)",
+        )
+        row(
+            f"`{variant}` param-size copies, non-sync step",
+            "0",
+            dict.fromkeys(dense, copies),
+            0,
+            f"{copies} (compiled)",
+        )
+        if temp is not None and largest:
+            row(
+                f"`{variant}` temporaries, non-sync step",
+                "none table-size",
+                dict.fromkeys(dense, temp / largest),
+                0.999,  # under one param-size buffer
+                f"{temp / 2**20:.1f} MiB, largest param {largest / 2**20:.0f} MiB",
+            )
+        row(
+            f"`{variant}` mean over a period",
+            f"<= {mean_limit:.2f}x adam",
+            timed(variant, "mean"),
+            mean_limit,
+        )
+        baseline = timed("optax.lookahead(adam)", "mean")
+        own = timed(variant, "mean")
+        row(
+            f"`{variant}` mean, over `optax.lookahead(adam)`'s in the same run",
+            "< 1 (ahead)",
+            {m: own[m] / baseline[m] for m in own if m in baseline},
+            0.999,
+        )
+    for variant in SPARSE_LOOKAHEADS if sparse_data else ():
+        figures = _sparse_figures(sparse_data, variant)
+        small, large = figures.get((200_000, 0.01)), figures.get((2_000_000, 0.001))
+        if small:
+            row(
+                f"`{variant}` mean, 1% of 200,000 rows sampled",
+                "<= 0.05x dense adam",
+                {m: f["time_ratio"] for m, f in small.items()},
+                0.05,
+                digits=3,
+            )
+        if small and large:
+            cells = [
+                f"{1e3 * small[m]['seconds']:.2f} / {1e3 * large[m]['seconds']:.2f} ms"
+                if m in small and m in large
+                else "-"
+                for m in harness.MALLOC_ORDER
+            ]
+            lines.append(
+                f"| `{variant}` mean, 2,000 rows sampled of 200,000 / of 2,000,000"
+                f" | follows the rows, not the table | {cells[0]} | {cells[1]} | |"
+            )
+    return "\n".join(lines)
+
+
+def _sparse_figures(data, variant):
+    """(rows, fraction) -> malloc -> the variant's optimizer-step figures."""
+    figures = {}
+    for malloc, run in data["runs"].items():
+        for result in run["results"]:
+            figure = result["optimizer"].get(variant)
+            if figure is not None:
+                key = (result["rows"], result["fraction"])
+                figures.setdefault(key, {})[malloc] = figure
+    return figures
+
+
 def gpu_names(prefix):
     """Results files of GPU runs, e.g. gpu-h200.json, one per card."""
     return sorted(p.name for p in RESULTS.glob(f"{prefix}-*.json"))
@@ -149,13 +292,22 @@ def gpu_names(prefix):
 
 def main():
     cpu, sparse = load("cpu.json"), load("sparse-cpu.json")
-    parts = [INTRO]
+    parts = [INTRO + stale_note(cpu)]
     if cpu:
         parts += [
             "## Targets of issue 6 (2-core CPU)\n",
             targets_table(cpu),
             TARGET_NOTES,
-            f"## Step cost, CPU\n\n{header_lines(cpu)}",
+        ]
+        floor = floor_table(cpu, sparse, mean_limit=1.10)
+        if floor:
+            parts += [
+                "\n## Targets of issue 12, the speed floor (2-core CPU)\n",
+                FLOOR_NOTES,
+                floor,
+            ]
+        parts += [
+            f"\n## Step cost, CPU\n\n{header_lines(cpu)}",
             bench_step.table(cpu["runs"]),
         ]
     if sparse:
@@ -171,8 +323,11 @@ def main():
         parts += [
             f"\n## Step cost, GPU ({card})\n\n{header_lines(data)}",
             GPU_NOTES,
-            bench_step.table(data["runs"]),
         ]
+        floor = floor_table(data, mean_limit=1.08)
+        if floor:
+            parts += [f"Targets of issue 12, the speed floor ({card}):\n", floor, ""]
+        parts.append(bench_step.table(data["runs"]))
     for name in gpu_names("sparse-gpu"):
         card = name.removeprefix("sparse-gpu-").removesuffix(".json").upper()
         data = load(name)
@@ -205,18 +360,58 @@ Every time figure is given twice, "default / tuned": with glibc's default
 malloc (what users get) and with the malloc tunables of DESIGN.md section 3,
 which keep large temporaries in the heap instead of mapping them every step
 (`--malloc both`, the default of both benchmarks, runs the tuned setting in a
-child process; `benchmarks/harness.py`). A `-` is a setting not measured yet:
-the CPU figures below were measured with the tunables only and the GPU
-figures with the default malloc, all before the restructuring that added
-`lookahead(..., sync_staging=)` (the `[cond]` rows were then forced by a module
-switch and named `[branch]`); re-time before quoting them. The lines under
-each heading say which command produced which column. Run from the
-repository root:
+child process; `benchmarks/harness.py`). A `-` is a setting or variant not
+measured yet. The lines under each heading say which command produced which
+column, when, and in how many seconds.
+
+Rows named `... [lookahead_jit]` run the same step through
+`optax_lookahead.lookahead_jit` instead of `jax.jit`: one compiled program per
+lookahead phase (first update, sync, between syncs), chosen on the host from
+the state's step count. Their bytes, copies and temporaries are read from each
+phase's own program (lowered with the step count at 1 for "non-sync" and at 4
+for "sync"; "temp" shows non-sync / sync where the two differ), and their
+times are those of calling the `lookahead_jit` function, the host's choice
+included.
+
+Run from the repository root (on the 2-core CPU, pause background jobs while
+timing):
 
     python -m benchmarks.bench_step --out benchmarks/results/cpu.json
     python -m benchmarks.bench_sparse --rows 200000 --out benchmarks/results/sparse-cpu.json
+    for f in 0.001 0.01 0.1; do python -m benchmarks.bench_sparse --rows 2000000 \\
+        --fractions $f --repetitions 3 --out benchmarks/results/sparse-cpu.json; done
     python -m benchmarks.write_report
     benchmarks/gpu_all.sh   # on a GPU machine: every GPU figure in one call
+"""
+
+
+def stale_note(cpu):
+    """A warning where the CPU figures predate the current benchmarks (no
+    default-malloc run, no ``[lookahead_jit]`` rows); empty otherwise."""
+    if cpu is None:
+        return ""
+    runs = cpu["runs"]
+    dense = [run["results"].get("dense", {}) for run in runs.values()]
+    if "default" in runs and any(FAST_PATHS[0] in d for d in dense):
+        return ""
+    return STALE_NOTE
+
+
+STALE_NOTE = """
+The figures below predate the current benchmarks: the CPU figures were
+measured with the tunables only and the GPU figures with the default malloc,
+all before the restructuring that added `lookahead(..., sync_staging=)` (the
+`[cond]` rows were then forced by a module switch and named `[branch]`) and
+before `lookahead_jit`; re-time before quoting them.
+"""
+
+FLOOR_NOTES = """The fast path of issue 12: `lookahead_jit` compiles a non-sync step to the
+inner optimizer's own program, so its bytes, copies and temporaries there are
+adam's; its mean over a period (k = 5) adds the sync and the host's choice of
+program. Bytes, copies and temporaries are read from the compiled non-sync
+program ("compiled"); times are medians over repetitions, ratios to adam (or
+to `optax.lookahead(adam)`) in the same run. The sparse rows are from the
+optimizer step of the sparse benchmark below.
 """
 
 TARGET_NOTES = """
@@ -245,8 +440,10 @@ Where a target is missed:
 
 SPARSE_NOTES = """Optimizer step: given the gradient; whole training step: lookup, backward and
 update of a bag-of-embeddings model. Ratios to dense `optax.adam` in the same
-run. `lookahead(sparse_lazy(adam))` runs a dense sync every 5 steps, included
-in its mean time.
+run. Times are means over two whole periods, so a lookahead's sync (every 5
+steps) is in them; bytes are along a non-sync and a sync step.
+`lookahead(sparse_lazy(adam)) [lookahead_jit]` is the same step through
+`lookahead_jit`.
 """
 
 GPU_NOTES = """Measured with the device tool's GPU (see the command). On this GPU XLA copies
@@ -254,7 +451,8 @@ every buffer that a `lax.cond` branch passes through, so a sync staged as a
 cond costs 1.6x; lookahead therefore stages its sync as a select on platforms
 other than CPU, which fuses into the inner optimizer's kernel. The `[cond]`
 and `[select]` rows choose each way (`sync_staging=`), where the run includes
-them; runs before the `sync_staging` argument named `[cond]` `[branch]`.
+them; runs before the `sync_staging` argument named `[cond]` `[branch]`. The
+`[lookahead_jit]` rows compile each phase separately, with neither.
 """
 
 

@@ -1,8 +1,9 @@
 """A small, complete run: a bag-of-words classifier with an embedding table.
 
 Trains the same model with optax.adam, lazy_mask(adam) and
-lookahead(lazy_mask(adam)) on synthetic sentences (``experiments.synthetic``:
-words 0-399 positive, 400-799 negative, 800-999 never used), and prints how many
+lookahead(lazy_mask(adam)) on synthetic sentences
+(``optax_lookahead_experiments.synthetic``: words 0-399 positive, 400-799 negative,
+800-999 never used), and prints how many
 embedding rows the last step moved although its batch did not contain their
 word (lazy: none), and the held-out accuracy, evaluated on the slow weights
 for lookahead.
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.synthetic import VOCAB, make_data
 from optax_lookahead import lazy_mask, lookahead, slow_params
+from optax_lookahead_experiments.synthetic import VOCAB, make_data
 
 # 301 steps: the last one is not a lookahead sync (a sync moves every row
 # that drifted back toward the slow weights, which is not staleness).

@@ -9,10 +9,15 @@ rules while ours stays strict.
 """
 
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import pytest
 from hypothesis import settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Derandomized: CI sees the same examples on every run, so a failure is
 # reproducible and a green run is not luck. No example database on disk.
@@ -33,6 +38,25 @@ def sync_staging(request):
     here on the CPU.
     """
     return request.param
+
+
+@pytest.fixture(scope="session")
+def built_dist(tmp_path_factory):
+    """The wheel and the sdist of this checkout, built once per test session.
+
+    ``python -m build`` (from the ``test`` extra) without build isolation, so
+    no network is needed. Used by tests/test_packaging.py, which checks what
+    they hold, and tests/test_notebooks.py, which installs the wheel.
+    """
+    out = tmp_path_factory.mktemp("dist")
+    command = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out)]
+    result = subprocess.run(
+        [*command, str(ROOT)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = out.glob("*.whl")
+    (sdist,) = out.glob("*.tar.gz")
+    return wheel, sdist
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,9 @@
-"""The IMDB experiment (``experiments.imdb``) and its demo, in a reduced mode.
+"""The IMDB experiment (``optax_lookahead_experiments.imdb``) and its demo, reduced.
 
 The end-to-end tests run the demo (``examples/imdb_lazy.py``) as the README's
 user would, and the resumable grid runner, in subprocesses, on a few hundred
-reviews for one epoch; the others import ``experiments`` to check the
-tokenizer, the model, the optimizers, training several seeds in one program,
+reviews for one epoch; the others import ``optax_lookahead_experiments`` to check
+the tokenizer, the model, the optimizers, training several seeds in one program,
 and the paired statistics.
 """
 
@@ -19,14 +19,14 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import stats
-from experiments.imdb import data as imdb_data
-from experiments.imdb import demo as imdb_demo
-from experiments.imdb import model as imdb_model
-from experiments.imdb import optimizers as imdb_optimizers
-from experiments.imdb import report as imdb_report
-from experiments.imdb import reproduce as imdb_reproduce
-from experiments.imdb import train as imdb_train
+from optax_lookahead_experiments import stats
+from optax_lookahead_experiments.imdb import data as imdb_data
+from optax_lookahead_experiments.imdb import demo as imdb_demo
+from optax_lookahead_experiments.imdb import model as imdb_model
+from optax_lookahead_experiments.imdb import optimizers as imdb_optimizers
+from optax_lookahead_experiments.imdb import report as imdb_report
+from optax_lookahead_experiments.imdb import reproduce as imdb_reproduce
+from optax_lookahead_experiments.imdb import train as imdb_train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -267,7 +267,7 @@ def test_grid_order_is_paired_and_by_priority():
 
 
 def test_runner_writes_logs_and_resumes(tmp_path):
-    command = [sys.executable, "-m", "experiments.imdb.reproduce"]
+    command = [sys.executable, "-m", "optax_lookahead_experiments.imdb.reproduce"]
     command += ["--epochs", "1", "--seeds", "0", "1", "--optimizers", "adam"]
     command += ["--extra-optimizers", "--seeds-per-program", "2"]
     command += ["--train-size", "64", "--held-out-size", "40"]
@@ -342,7 +342,7 @@ def test_paired_statistics():
 
 
 def test_results_table_reads_the_first_protocol():
-    from experiments import make_results
+    from optax_lookahead_experiments import make_results
 
     logs, partial = make_results.read_imdb_logs(make_results.RESULTS / "imdb_v1")
     assert len(logs) == 18 and not partial
@@ -358,7 +358,7 @@ def test_results_table_reads_the_first_protocol():
 
 
 def test_noisy_quadratic_at_equal_final_loss_closed_forms():
-    from experiments import nqm_equal_loss as nqm
+    from optax_lookahead_experiments import nqm_equal_loss as nqm
 
     target = nqm.final_excess(0.5, lookahead_=False)
     lr = nqm.matching_lookahead_lr(target)

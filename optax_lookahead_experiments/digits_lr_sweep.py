@@ -16,7 +16,7 @@ under a minute on 2 CPU cores.
 Writes ``lr_sweep.json`` (final and per-epoch test accuracy and loss of every
 run) and ``lr_sweep.png`` to ``--out`` (default ``results/digits``).
 
-Run: python -m experiments.digits_lr_sweep
+Run: python -m optax_lookahead_experiments.digits_lr_sweep
 """
 
 import argparse
@@ -33,8 +33,8 @@ from matplotlib.figure import Figure
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from experiments import run_info
 from optax_lookahead import lookahead, slow_params
+from optax_lookahead_experiments import run_info
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 INNER = {

@@ -15,7 +15,7 @@ momentum of words seen earlier): thousands for Adam, zero for lazy variants.
 The default run (5,000 training reviews, 2 epochs, six optimizers: all but
 ``lazy_double_count``, one seed) takes about 3 minutes on 2 CPU cores. The
 full setting is ``--train-size 20000 --epochs 15`` (about 35 s per epoch);
-``experiments.imdb.reproduce`` runs it for many paired seeds, and
+``optax_lookahead_experiments.imdb.reproduce`` runs it for many paired seeds, and
 ``RESULTS.md`` reports them.
 
 A short run cannot show what the full experiment is about: in the full runs
@@ -24,7 +24,7 @@ Adam catches up only later, while Adam's held-out accuracy falls after its
 early peak. The demo says so after its table.
 
 Run: python examples/imdb_lazy.py [--optimizers adam lazy] [--epochs 2]
-(or python -m experiments.imdb.demo)
+(or python -m optax_lookahead_experiments.imdb.demo)
 """
 
 import argparse
@@ -33,10 +33,10 @@ import json
 import pathlib
 import time
 
-from experiments.imdb import data as imdb_data
-from experiments.imdb import report as imdb_report
-from experiments.imdb import train as imdb_train
-from experiments.imdb.optimizers import OPTIMIZERS
+from optax_lookahead_experiments.imdb import data as imdb_data
+from optax_lookahead_experiments.imdb import report as imdb_report
+from optax_lookahead_experiments.imdb import train as imdb_train
+from optax_lookahead_experiments.imdb.optimizers import OPTIMIZERS
 
 # The seed's combination, lazy with the doubled counter, is left to the full
 # reproduction: a short run cannot tell it apart from its two parts.
@@ -123,7 +123,8 @@ epoch{plural}; the full setting is 20,000 reviews and 15 epochs):
   A short run stops before the curves cross, so its ranking says nothing
   about the full result.
 The full runs (paired seeds, the seed's metric and a protocol-clean one, with
-intervals) are in RESULTS.md; run them with python -m experiments.imdb.reproduce.
+intervals) are in RESULTS.md; run them with
+python -m optax_lookahead_experiments.imdb.reproduce.
 """
 
 

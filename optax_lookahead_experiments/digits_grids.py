@@ -1,7 +1,8 @@
 """Lookahead's robustness beyond the learning rate, on digits: two more grids.
 
-The setting of ``experiments.digits_lr_sweep`` (MLP on scikit-learn's digits,
-20 epochs, batch 32, 5 seeds, lookahead evaluated on the slow weights):
+The setting of ``optax_lookahead_experiments.digits_lr_sweep`` (MLP on
+scikit-learn's digits, 20 epochs, batch 32, 5 seeds, lookahead evaluated on the
+slow weights):
 
 - ``kalpha``: the paper's claim that Lookahead is robust to its own
   hyperparameters, a grid of sync periods k and slow step sizes alpha around
@@ -14,7 +15,9 @@ Each grid writes ``<grid>.json`` (and ``<grid>.png``) under ``--out`` (default
 ``results/digits``); a grid whose log exists is skipped unless ``--force``,
 so a stopped run goes on with the grids left.
 
-Run: nice -n 19 python -m experiments.digits_grids [--grids kalpha sgd_edge]
+Run (``--grids kalpha sgd_edge`` picks grids):
+
+    nice -n 19 python -m optax_lookahead_experiments.digits_grids
 """
 
 import argparse
@@ -27,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments import run_info
-from experiments.digits_lr_sweep import (
+from optax_lookahead_experiments import run_info
+from optax_lookahead_experiments.digits_lr_sweep import (
     BATCH_SIZE,
     EPOCHS,
     SEEDS,

@@ -1,6 +1,6 @@
 r"""The noisy quadratic model at equal final loss: who gets there first?
 
-``experiments.noisy_quadratic`` compares SGD and Lookahead at the *same*
+``optax_lookahead_experiments.noisy_quadratic`` compares SGD and Lookahead at the *same*
 learning rate, where Lookahead's slow weights settle at a lower loss. The
 Lookahead paper also compares them at the same *final* loss: Lookahead then
 runs at a larger learning rate, and the question is how fast each one gets
@@ -17,7 +17,8 @@ and those of Lookahead's slow weights, one sync period (k steps) at a time,
 
     m' = b m,    V' = b^2 V + alpha^2 g^2 sigma^2 (1 - a^(2k)) / (1 - a^2),
 
-with b = 1 - alpha (1 - a^k) (``experiments.noisy_quadratic`` derives both).
+with b = 1 - alpha (1 - a^k) (``optax_lookahead_experiments.noisy_quadratic``
+derives both).
 The expected excess loss is 1/2 sum_i h_i (m_i^2 + V_i). For each SGD learning
 rate, bisection finds the Lookahead learning rate whose slow weights settle at
 the same excess loss; then both curves run from the same start, and the table
@@ -28,7 +29,7 @@ compares their mean excess loss with the closed form.
 Writes ``equal_loss.json`` and ``equal_loss.png`` to ``--out`` (default
 ``results/nqm``).
 
-Run: nice -n 19 python -m experiments.nqm_equal_loss
+Run: nice -n 19 python -m optax_lookahead_experiments.nqm_equal_loss
 """
 
 import argparse
@@ -42,8 +43,9 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from experiments import run_info
-from experiments.noisy_quadratic import (
+from optax_lookahead import lookahead, slow_params
+from optax_lookahead_experiments import run_info
+from optax_lookahead_experiments.noisy_quadratic import (
     CURVATURE,
     NOISE_VARIANCE,
     SLOW_STEP_SIZE,
@@ -51,7 +53,6 @@ from experiments.noisy_quadratic import (
     lookahead_variances,
     sgd_variance,
 )
-from optax_lookahead import lookahead, slow_params
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 START = 10.0  # the start, in noise standard deviations per coordinate

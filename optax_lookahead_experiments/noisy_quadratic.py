@@ -55,7 +55,7 @@ averaged over time and over chains.
 
 Writes ``nqm.json`` and ``nqm.png`` to ``--out`` (default ``results/nqm``).
 
-Run: python -m experiments.noisy_quadratic
+Run: python -m optax_lookahead_experiments.noisy_quadratic
 """
 
 import argparse
@@ -69,8 +69,8 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from experiments import run_info
 from optax_lookahead import lookahead, slow_params
+from optax_lookahead_experiments import run_info
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIM = 10

@@ -8,7 +8,10 @@ epoch-run: the time of one epoch's 625 steps divided by the number of seeds
 the program trains. Writes the numbers
 with the machine's facts to ``--out`` (JSON).
 
-Run: nice -n 19 python -m experiments.imdb.throughput --out results/imdb_throughput.json
+Run:
+
+    nice -n 19 python -m optax_lookahead_experiments.imdb.throughput \\
+        --out results/imdb_throughput.json
 """
 
 import argparse
@@ -21,10 +24,10 @@ import time
 import jax
 import numpy as np
 
-from experiments import run_info
-from experiments.imdb import model as imdb_model
-from experiments.imdb import train as imdb_train
-from experiments.imdb.optimizers import make_optimizer
+from optax_lookahead_experiments import run_info
+from optax_lookahead_experiments.imdb import model as imdb_model
+from optax_lookahead_experiments.imdb import train as imdb_train
+from optax_lookahead_experiments.imdb.optimizers import make_optimizer
 
 
 def make_runner(optimizer: str, seeds: int, data):
@@ -116,7 +119,7 @@ def main(argv=None) -> None:
     jax.clear_caches()
     if args.out is not None:
         log = {
-            "command": "python -m experiments.imdb.throughput "
+            "command": "python -m optax_lookahead_experiments.imdb.throughput "
             + " ".join(sys.argv[1:] if argv is None else argv),
             "environment": run_info.environment(),
             "config": vars(args) | {"out": str(args.out)},

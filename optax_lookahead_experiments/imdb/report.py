@@ -1,13 +1,13 @@
 """Tables and plots of IMDB runs, from their per-epoch records.
 
-A record is one epoch of one run, as ``experiments.imdb.train`` returns it: a
-dict with ``optimizer``, ``seed``, ``epoch``, the accuracies
+A record is one epoch of one run, as ``optax_lookahead_experiments.imdb.train``
+returns it: a dict with ``optimizer``, ``seed``, ``epoch``, the accuracies
 (``validation_accuracy``, ``test_accuracy``, ``held_out_accuracy``),
 ``train_loss``, ``seconds``, ``median_step_seconds``, ``steps``,
 ``seeds_in_program`` and ``stale_rows_per_step``. Logs of the first protocol
 (``results/imdb_v1/``) hold only the held-out accuracy; the metrics that need
 the validation and test halves are left out for them. Used by the demo, the
-notebooks and ``experiments.make_results``.
+notebooks and ``optax_lookahead_experiments.make_results``.
 """
 
 import collections
@@ -261,7 +261,7 @@ def plot_paired(
     accuracy) dotted. Draws nothing and returns False when no comparison has
     a pair yet.
     """
-    from experiments.stats import t_interval  # scipy only where plotted
+    from optax_lookahead_experiments.stats import t_interval  # scipy only where plotted
 
     comparisons = [
         c for c in comparisons if len(paired_curves(records, *c, key)[0]) > 0

@@ -1,9 +1,10 @@
 """Training runs of the IMDB model: data preparation, epochs, evaluation.
 
-Shared by the demo (``experiments.imdb.demo``) and the reproduction
-(``experiments.imdb.reproduce``). A run is fixed by its optimizer and seed; the
-seed sets the initial weights, the order of the batches and the dropout masks,
-so runs with the same seed differ only in the optimizer.
+Shared by the demo (``optax_lookahead_experiments.imdb.demo``) and the
+reproduction (``optax_lookahead_experiments.imdb.reproduce``). A run is fixed by
+its optimizer and seed; the seed sets the initial weights, the order of the
+batches and the dropout masks, so runs with the same seed differ only in the
+optimizer.
 
 :func:`train_seeds` trains several seeds of one optimizer at once: with
 ``vmap=True`` they run in one compiled program (``jax.vmap`` over each seed's
@@ -22,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from experiments.imdb import data as imdb_data
-from experiments.imdb import model as imdb_model
-from experiments.imdb.optimizers import SYNC_PERIOD, make_optimizer
 from optax_lookahead import slow_params
+from optax_lookahead_experiments.imdb import data as imdb_data
+from optax_lookahead_experiments.imdb import model as imdb_model
+from optax_lookahead_experiments.imdb.optimizers import SYNC_PERIOD, make_optimizer
 
 BATCH_SIZE = 32
 EVAL_BATCH_SIZE = 500
@@ -39,7 +40,7 @@ class Prepared(NamedTuple):
         and ``(n,)`` float32.
       held_out_tokens, held_out_labels: the held-out reviews.
       validation, test: indices into the held-out reviews, the two halves of
-        :func:`experiments.imdb.data.split_validation_test`.
+        :func:`optax_lookahead_experiments.imdb.data.split_validation_test`.
       vocab_size: the number of embedding rows.
       sizes: split facts for the logs.
     """

@@ -16,13 +16,15 @@ alone, up to float rounding.
 
 Every epoch logs the training loss and the accuracy on the validation half,
 the test half and the whole held-out set (the seed's protocol); see
-``experiments.make_results`` for the metrics built from them.
+``optax_lookahead_experiments.make_results`` for the metrics built from them.
 
 Run (on a shared 2-core CPU; takes hours, resumable):
 
-    nice -n 19 python -m experiments.imdb.reproduce > out/reproduce_imdb.log 2>&1 &
+    nice -n 19 python -m optax_lookahead_experiments.imdb.reproduce \\
+        > out/reproduce_imdb.log 2>&1 &
 
-On a GPU the whole grid fits one call (``experiments/gpu_grid.sh``).
+On a GPU the whole grid fits one call
+(``optax_lookahead_experiments/gpu_grid.sh``).
 """
 
 import argparse
@@ -32,13 +34,13 @@ import os
 import pathlib
 import time
 
-import experiments
 import optax_lookahead
-from experiments import run_info
-from experiments.imdb import data as imdb_data
-from experiments.imdb import train as imdb_train
-from experiments.imdb.demo import optimizer_name, positive_int
-from experiments.imdb.optimizers import OPTIMIZERS
+import optax_lookahead_experiments
+from optax_lookahead_experiments import run_info
+from optax_lookahead_experiments.imdb import data as imdb_data
+from optax_lookahead_experiments.imdb import train as imdb_train
+from optax_lookahead_experiments.imdb.demo import optimizer_name, positive_int
+from optax_lookahead_experiments.imdb.optimizers import OPTIMIZERS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 EPOCHS = 15
@@ -153,7 +155,8 @@ def main(argv=None) -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     print(
         f"code: optax_lookahead from {optax_lookahead.__file__},"
-        f" experiments from {experiments.__file__}; logs to {args.results}",
+        f" experiments from {optax_lookahead_experiments.__file__};"
+        f" logs to {args.results}",
         flush=True,
     )
     seeds = list(dict.fromkeys(args.seeds))

@@ -28,12 +28,9 @@ from optax_lookahead import (
 )
 from optax_lookahead.flax import LookaheadTrainState
 from tests import oracles
-from tests.helpers import assert_trees_close, quadratic_problem, standard_promotion
+from tests.helpers import assert_trees_close, quadratic_problem
 from tests.test_lookahead import assert_matches_oracle
-
-
-def adam(learning_rate=0.05):
-    return standard_promotion(optax.adam(learning_rate))
+from tests.test_sparse import adam
 
 
 def plain_step(tx):

@@ -11,7 +11,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,20 +24,9 @@ from optax_lookahead import (
     sparse_rows,
     update_and_apply,
 )
-from tests.helpers import standard_promotion
+from tests.test_sparse import adam, dense_gradient
 
 ROWS, DIM = 40, 3
-
-
-def adam():
-    return standard_promotion(optax.adam(0.05))
-
-
-def dense_gradient(ids, values):
-    inside = (ids >= 0) & (ids < ROWS)
-    grad = np.zeros((ROWS, DIM), np.float32)
-    np.add.at(grad, ids[inside], values[inside])
-    return jnp.asarray(grad)
 
 
 @functools.cache
@@ -76,7 +64,7 @@ def run_both(ids_per_step, sync_period, on_sync="keep", seed=0, buffer=None):
         values = rng.normal(size=(ids.size, DIM)).astype(np.float32)
         rows = sparse_rows(jnp.asarray(ids), jnp.asarray(values), ROWS)
         sparse = sparse_step(*sparse, {"embedding": rows})
-        dense = dense_step(*dense, {"embedding": dense_gradient(ids, values)})
+        dense = dense_step(*dense, {"embedding": dense_gradient(ids, values, ROWS)})
     return params, sparse, dense
 
 

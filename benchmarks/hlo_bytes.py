@@ -106,7 +106,9 @@ def path_instructions(hlo_text: str, branch):
     when the program's conditionals take ``branch``: one branch index for all
     of them, or a sequence of one per conditional in the order they are reached
     (0 is ``lax.cond``'s false branch, 1 its true branch). Loop bodies are
-    counted once."""
+    counted once. ``sparse_lazy``'s check of its rows' order takes no entry:
+    the path always takes its branch for rows in order, which is what
+    ``sparse_rows`` gives and the benchmarks feed it."""
     computations = _computations(hlo_text)
     if isinstance(branch, int):
         choices = None
@@ -135,14 +137,11 @@ def path_instructions(hlo_text: str, branch):
                 yield shape, op, _POINTER_BYTES * len(operands)
                 continue
             if op == "conditional":
-                branches = re.search(r"branch_computations=\{([^}]*)\}", attrs)
-                if branches:
-                    names = re.findall(r"%([\w.\-]+)", branches.group(1))
-                else:  # true_computation=..., false_computation=...
-                    false = re.search(r"false_computation=%([\w.\-]+)", attrs)
-                    true = re.search(r"true_computation=%([\w.\-]+)", attrs)
-                    names = [false.group(1), true.group(1)]
-                yield from walk(choose(names))
+                names = _branches(attrs)
+                if _is_order_check(computations, names):
+                    yield from walk(names[0])  # rows in order: no sort
+                else:
+                    yield from walk(choose(names))
                 continue
             if op in ("while", "call"):
                 body = re.search(r"(?:body|to_apply)=%([\w.\-]+)", attrs)
@@ -189,8 +188,44 @@ def _gathered_operands(computations, fused: str) -> set:
 
 
 def conditionals(hlo_text: str) -> int:
-    """How many conditionals the path of false branches reaches."""
+    """How many conditionals the path of false branches reaches, not counting
+    ``sparse_lazy``'s order check (see :func:`path_instructions`)."""
     return sum(op == "conditional" for _, op, _ in _all_ops(hlo_text))
+
+
+def _branches(attrs: str) -> list:
+    """A conditional's branch computations, false (index 0) first."""
+    branches = re.search(r"branch_computations=\{([^}]*)\}", attrs)
+    if branches:
+        return re.findall(r"%([\w.\-]+)", branches.group(1))
+    false = re.search(r"false_computation=%([\w.\-]+)", attrs)
+    true = re.search(r"true_computation=%([\w.\-]+)", attrs)
+    return [false.group(1), true.group(1)]
+
+
+def _is_order_check(computations, names) -> bool:
+    """Whether a conditional is ``sparse_lazy``'s check of the rows' order: a
+    branch that sorts (rows out of order) beside one that does not (branch 0,
+    the rows ``sparse_rows`` gives)."""
+    return (
+        len(names) == 2
+        and _sorts(computations, names[1])
+        and not _sorts(computations, names[0])
+    )
+
+
+def _sorts(computations, name: str) -> bool:
+    """Whether a computation, or one it calls, sorts."""
+    for _, _, op, _, attrs in computations.get(name, ()):
+        if op == "sort":
+            return True
+        called = re.findall(
+            r"(?:calls|to_apply|body|condition|branch_computations)=\{?%([\w.\-]+)",
+            attrs,
+        )
+        if any(_sorts(computations, c) for c in called if c != name):
+            return True
+    return False
 
 
 def _all_ops(hlo_text: str):
@@ -201,10 +236,10 @@ def _all_ops(hlo_text: str):
     def walk(computation: str):
         for _, shape, op, _, attrs in computations[computation]:
             if op == "conditional":
-                yield shape, op, 0
-                branches = re.search(r"branch_computations=\{%([\w.\-]+)", attrs)
-                false = re.search(r"false_computation=%([\w.\-]+)", attrs)
-                yield from walk((branches or false).group(1))
+                names = _branches(attrs)
+                if not _is_order_check(computations, names):
+                    yield shape, op, 0
+                yield from walk(names[0])
             elif op in ("while", "call"):
                 body = re.search(r"(?:body|to_apply)=%([\w.\-]+)", attrs)
                 if body:

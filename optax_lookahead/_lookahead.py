@@ -51,16 +51,17 @@ class LookaheadState(NamedTuple):
         like the params) as the last sync left them, in the order they appear
         in ``inner_state``; an empty tuple for the other options.
       touched_rows: with an inner :func:`sparse_lazy`, a tree like the params
-        with a bool per row (along axis 0) of every leaf, set for the rows
-        that sparse updates touched since the last sync: the only rows a sync
-        has to move. ``None`` for other inner optimizers.
+        holding for every leaf a ``TouchedRows`` record (rows along axis 0;
+        two int32 per row and their number) that lists the rows sparse updates
+        touched since the last sync: the only rows a sync has to move.
+        ``None`` for other inner optimizers.
     """
 
     step: jax.Array
     slow: optax.Params
     inner_state: optax.OptState
     mirrors_at_sync: tuple = ()
-    touched_rows: optax.Params | None = None
+    touched_rows: optax.Params | None = None  # a tree of TouchedRows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +305,7 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
             slow = interpolate(slow, fast)
             return (slow, None), slow
         params, slow, touched = _touched_rows.sync(
-            interpolate, touched, inner_updates, fast, slow, config.sync_period
+            interpolate, touched, inner_updates, fast, slow
         )
         return (params, touched), slow
 

@@ -4,10 +4,21 @@ Between two syncs, ``lookahead(sparse_lazy(...))`` moves only the rows its
 :class:`~optax_lookahead.SparseRows` updates name. Every other row still has
 fast weights equal to the slow ones (the last sync, or the first update, left
 them equal), and ``slow + alpha * (fast - slow)`` leaves it as it is. So the
-sync only has to interpolate the rows touched since the last sync. The state
-records them as one flag per row, per table: a fixed-size record that a
-jitted step can carry, and that costs a byte per row instead of a row.
+sync only has to interpolate the rows touched since the last sync.
+
+The state lists them per table in a :class:`TouchedRows`: a fixed-size
+record that a jitted step can carry, which a step extends and a sync reads
+without looking at the rows nobody touched. It is a sparse set: the first
+``num_touched`` entries of ``ids`` name the touched rows, each once, and
+``slot_of_row[r]`` says where row ``r`` stands in that list. A row is listed
+when its slot is below ``num_touched`` and the list there names it back,
+whatever stale values the other slots hold, so a sync empties the record by
+setting ``num_touched`` to zero. Both cost and memory follow from that: a step
+and a sync do work in proportion to the ids, never to the table, for two
+int32 per row of state.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,74 +27,120 @@ from jax.sharding import NamedSharding, PartitionSpec
 from optax_lookahead import _rows
 
 
-def init(params):
-    """No row touched yet: a flag per row (along axis 0) of every leaf."""
+class TouchedRows(NamedTuple):
+    """The rows of one table that sparse updates touched since the last sync.
 
-    def untouched(param):
-        # Replicated on the param's mesh: a byte per row is small, and a sync
-        # lists the flagged rows (jnp.nonzero), which needs the whole vector.
+    Attributes:
+      ids: int32, one entry per table row; the first ``num_touched`` name the
+        touched rows, each once, in the order they were first touched.
+      slot_of_row: int32, one entry per table row: the index in ``ids`` of a
+        touched row (entries of other rows are stale and mean nothing).
+      num_touched: int32 scalar, the number of rows touched.
+    """
+
+    ids: jax.Array
+    slot_of_row: jax.Array
+    num_touched: jax.Array
+
+
+def _is_record(x) -> bool:
+    return isinstance(x, TouchedRows)
+
+
+def init(params):
+    """No row touched yet: an empty record for every leaf (rows along axis 0)."""
+
+    def empty(param):
+        # Replicated on the param's mesh: eight bytes per row are small, and
+        # every device must be able to read the whole list at a sync.
         sharding = getattr(param, "sharding", None)
         if isinstance(sharding, NamedSharding):
             sharding = NamedSharding(sharding.mesh, PartitionSpec())
         else:
             sharding = None
-        return jnp.zeros(jnp.shape(param)[:1], jnp.bool_, device=sharding)
+        num_rows = jnp.shape(param)[0] if jnp.ndim(param) else 1
+        return TouchedRows(
+            ids=jnp.zeros((num_rows,), jnp.int32, device=sharding),
+            slot_of_row=jnp.zeros((num_rows,), jnp.int32, device=sharding),
+            num_touched=jnp.zeros((), jnp.int32, device=sharding),
+        )
 
-    return jax.tree.map(untouched, params)
+    return jax.tree.map(empty, params)
 
 
 def note(touched, updates):
-    """``touched`` with the rows of this step's sparse updates flagged."""
+    """``touched`` with the rows of this step's sparse updates listed."""
 
-    def flag(update, rows):
+    def note_leaf(update, record):
         if not _rows.is_sparse(update):
-            return rows
-        ids = _rows.clean_ids(update.ids, rows.shape[0])
-        return rows.at[ids].set(True, mode="drop", **_rows.keep_layout(rows))
+            return record
+        num_rows = record.ids.shape[0]
+        ids = _rows.clean_ids(update.ids, num_rows)  # padding: num_rows
+        new = (ids < num_rows) & ~_listed(record, ids)
+        # An id repeated within this step is listed once: each of its slots
+        # claims the row, and the claim that the scatter keeps wins.
+        claim = jnp.arange(ids.size, dtype=jnp.int32)
+        claimed = _set(record.slot_of_row, jnp.where(new, ids, num_rows), claim)
+        first = new & (_get(claimed, ids) == claim)
+        slot = record.num_touched + jnp.cumsum(first, dtype=jnp.int32) - 1
+        return TouchedRows(
+            ids=_set(record.ids, jnp.where(first, slot, num_rows), ids),
+            slot_of_row=_set(claimed, jnp.where(first, ids, num_rows), slot),
+            num_touched=record.num_touched + jnp.sum(first, dtype=jnp.int32),
+        )
 
-    return jax.tree.map(flag, updates, touched, is_leaf=_rows.is_sparse)
+    return jax.tree.map(note_leaf, updates, touched, is_leaf=_rows.is_sparse)
 
 
-def sync(interpolate, touched, updates, fast, slow, sync_period: int):
-    """The params and slow weights after a sync, and the record cleared.
+def sync(interpolate, touched, updates, fast, slow):
+    """The params and slow weights after a sync, and the record emptied.
 
     ``interpolate(slow, fast)`` gives the new slow weights of a leaf (or of
-    some of its rows). A leaf with sparse updates syncs only the rows flagged
-    in ``touched``, gathered ``sync_period`` times this step's number of ids
-    at a time: one round when every step of the period had as many ids as this
-    one, more if some had more. (A loop, not a ``lax.cond`` falling back to
-    every row: XLA:CPU copies whole tables that a conditional passes through.)
+    some of its rows). A leaf with sparse updates syncs only the rows its
+    record lists, gathered this step's number of ids at a time: one round when
+    the period touched no more rows than this step has ids, more otherwise.
+    (A loop, not a ``lax.cond`` falling back to every row: XLA:CPU copies
+    whole tables that a conditional passes through.)
     """
 
-    def sync_leaf(update, touched, fast, slow):
+    def sync_leaf(update, record, fast, slow):
         if not _rows.is_sparse(update):
             slow = interpolate(slow, fast)
-            return slow, slow, touched
-        num_rows = touched.shape[0]
-        chunk = max(1, min(num_rows, sync_period * update.ids.size))
+            return slow, slow, record
+        num_rows = record.ids.shape[0]
+        chunk = max(1, min(num_rows, update.ids.size))
 
         def some_pending(carry):
-            return jnp.any(carry[2])
+            return carry[0] < record.num_touched
 
         def sync_chunk(carry):
-            fast, slow, touched = carry
-            ids = jnp.nonzero(touched, size=chunk, fill_value=num_rows)[0]
+            start, fast, slow = carry
+            slot = start + jnp.arange(chunk, dtype=jnp.int32)
+            ids = jnp.where(slot < record.num_touched, _get(record.ids, slot), num_rows)
             new = interpolate(
                 _rows.gather_rows(slow, ids), _rows.gather_rows(fast, ids)
             )
             return (
+                start + chunk,
                 _rows.scatter_rows(fast, ids, new),
                 _rows.scatter_rows(slow, ids, new),
-                touched.at[ids].set(False, mode="drop", **_rows.keep_layout(touched)),
             )
 
-        return jax.lax.while_loop(some_pending, sync_chunk, (fast, slow, touched))
+        start = jnp.zeros_like(record.num_touched)
+        _, fast, slow = jax.lax.while_loop(
+            some_pending, sync_chunk, (start, fast, slow)
+        )
+        return (
+            fast,
+            slow,
+            record._replace(num_touched=jnp.zeros_like(record.num_touched)),
+        )
 
     structure = jax.tree.structure(slow)
     synced = map(
         sync_leaf,
         jax.tree.leaves(updates, is_leaf=_rows.is_sparse),
-        jax.tree.leaves(touched),
+        jax.tree.leaves(touched, is_leaf=_is_record),
         jax.tree.leaves(fast),
         jax.tree.leaves(slow),
     )
@@ -91,3 +148,19 @@ def sync(interpolate, touched, updates, fast, slow, sync_period: int):
         jax.tree.unflatten(structure, leaves) for leaves in zip(*synced, strict=True)
     )
     return params, slow, touched
+
+
+def _listed(record: TouchedRows, ids: jax.Array) -> jax.Array:
+    """Whether each of ``ids`` (inside the table) is already in the record."""
+    slot = _get(record.slot_of_row, ids)
+    return (slot >= 0) & (slot < record.num_touched) & (_get(record.ids, slot) == ids)
+
+
+def _get(vector: jax.Array, index: jax.Array) -> jax.Array:
+    """``vector[index]``, with -1 where the index is outside the vector."""
+    return vector.at[index].get(mode="fill", fill_value=-1)
+
+
+def _set(vector: jax.Array, index: jax.Array, values: jax.Array) -> jax.Array:
+    """``vector`` with ``vector[index] = values``, indices outside dropped."""
+    return vector.at[index].set(values, mode="drop", **_rows.keep_layout(vector))

@@ -172,14 +172,15 @@ def test_bench_sparse_cost_follows_the_rows_under_both_mallocs(sparse_runs):
 
 def test_lookahead_jit_over_sparse_rows_stays_sparse_between_syncs(sparse_runs):
     # Through lookahead_jit the non-sync program is sparse_lazy's own, whatever
-    # the in-graph form costs (the strict xfail below).
+    # the in-graph form costs (the strict xfail below), plus the record of the
+    # rows touched: a few int32 per id, against rows of 128 floats per id.
     for run in sparse_runs.values():
         (result,) = run["results"]
         optimizer = result["optimizer"]
         fast = optimizer["lookahead(sparse_lazy(adam))" + LJ]
         assert fast["program"] == "lookahead_jit"
         assert fast["bytes_ratio"] == pytest.approx(
-            optimizer["sparse_lazy(adam)"]["bytes_ratio"], rel=0.01
+            optimizer["sparse_lazy(adam)"]["bytes_ratio"], rel=0.02
         )
         assert fast["bytes_ratio"] < fast["bytes_ratio_sync"]
 

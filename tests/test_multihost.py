@@ -185,7 +185,7 @@ def trained(request):
 
 def assert_count_exact(got, want):
     for key, value in want.items():
-        if key.endswith(".count") or key.endswith(".step"):
+        if key.endswith((".count", ".step", ".num_touched")):
             chex.assert_trees_all_equal(got[key], value)
 
 
@@ -252,11 +252,14 @@ def test_sparse_lazy_matches_one_process(trained):
             if k.endswith("['embedding']") and "touched_rows" not in k
         }
         assert len(tables) == (3 if prefix == "sparse" else 4)
-        if prefix == "lookahead_sparse":  # rows flagged since the last sync
-            (flags,) = [
-                v for k, v in got.items() if k.endswith("touched_rows['embedding']")
-            ]
-            assert not flags[seen:].any()
+        if prefix == "lookahead_sparse":  # rows listed since the last sync
+            record = {
+                k.rsplit(".", 1)[1]: v
+                for k, v in got.items()
+                if "touched_rows['embedding']." in k
+            }
+            assert record.keys() == {"ids", "slot_of_row", "num_touched"}
+            assert np.all(record["ids"][: int(record["num_touched"])] < seen)
         for key, table in tables.items():
             start = initial if "params" in key or "slow" in key else 0 * initial
             chex.assert_trees_all_equal(table[seen:], start[seen:])

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from benchmarks import hlo_bytes
 from optax_lookahead import (
     SparseRows,
+    _rows,
     apply_sparse_updates,
     gather_rows,
     lazy_mask,
@@ -65,6 +66,44 @@ def test_sparse_rows_sums_repeats_and_drops_padding():
     np.testing.assert_array_equal(rows.values[0], grads[0, 0] + grads[0, 2])
     np.testing.assert_array_equal(rows.values[1], grads[0, 1] + grads[1, 1])
     np.testing.assert_array_equal(rows.values[2:], 0)
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [1, 4, 9, ROWS, ROWS],  # increasing, padding last: not sorted again
+        [1, 4, 9, -1, ROWS + 3],  # increasing, other padding
+        [9, 4, 1, ROWS, ROWS],  # decreasing
+        [1, ROWS, 4, 4, 9],  # padding inside, a repeat
+        [4, 4, 9, ROWS, ROWS],  # non-decreasing: a repeat
+    ],
+)
+def test_rows_in_order_or_not_give_the_dense_result(ids):
+    """Rows whose ids increase skip the sort; padding slots count as zero rows
+    even when they hold values, as global-norm clipping shows."""
+    ids = jnp.asarray(ids)
+    values = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)), jnp.float32)
+    table = jnp.ones((ROWS, 2))
+    inner = optax.chain(optax.clip_by_global_norm(0.5), adam())
+    sparse_tx = sparse_lazy(inner)
+    dense_tx = lazy_mask(inner, mask=True, freeze_state=True)
+    sparse, sparse_state = table, sparse_tx.init(table)
+    dense, dense_state = table, dense_tx.init(table)
+    for _ in range(2):
+        sparse, sparse_state = update_and_apply(
+            sparse_tx, sparse, sparse_state, SparseRows(ids, values, ROWS)
+        )
+        dense, dense_state = update_and_apply(
+            dense_tx, dense, dense_state, dense_gradient(ids, values, ROWS)
+        )
+    chex.assert_trees_all_close(sparse, dense, rtol=1e-6)
+    rows = _rows.coalesce(SparseRows(ids, values, ROWS), ROWS)
+    chex.assert_trees_all_close(
+        dense_gradient(rows.ids, rows.values, ROWS), dense_gradient(ids, values, ROWS)
+    )
+    valid = np.asarray(rows.ids) < ROWS
+    np.testing.assert_array_equal(np.asarray(rows.values)[~valid], 0)
+    assert len(set(np.asarray(rows.ids)[valid].tolist())) == valid.sum()
 
 
 def lookup_problem(steps, seed=0, per_step=6):

@@ -80,12 +80,16 @@ def note(touched, updates):
         # An id repeated within this step is listed once: each of its slots
         # claims the row, and the claim that the scatter keeps wins.
         claim = jnp.arange(ids.size, dtype=jnp.int32)
-        claimed = _set(record.slot_of_row, jnp.where(new, ids, num_rows), claim)
+        claimed = _rows.scatter_rows(
+            record.slot_of_row, jnp.where(new, ids, num_rows), claim
+        )
         first = new & (_get(claimed, ids) == claim)
         slot = record.num_touched + jnp.cumsum(first, dtype=jnp.int32) - 1
         return TouchedRows(
-            ids=_set(record.ids, jnp.where(first, slot, num_rows), ids),
-            slot_of_row=_set(claimed, jnp.where(first, ids, num_rows), slot),
+            ids=_rows.scatter_rows(record.ids, jnp.where(first, slot, num_rows), ids),
+            slot_of_row=_rows.scatter_rows(
+                claimed, jnp.where(first, ids, num_rows), slot
+            ),
             num_touched=record.num_touched + jnp.sum(first, dtype=jnp.int32),
         )
 
@@ -159,8 +163,3 @@ def _listed(record: TouchedRows, ids: jax.Array) -> jax.Array:
 def _get(vector: jax.Array, index: jax.Array) -> jax.Array:
     """``vector[index]``, with -1 where the index is outside the vector."""
     return vector.at[index].get(mode="fill", fill_value=-1)
-
-
-def _set(vector: jax.Array, index: jax.Array, values: jax.Array) -> jax.Array:
-    """``vector`` with ``vector[index] = values``, indices outside dropped."""
-    return vector.at[index].set(values, mode="drop", **_rows.keep_layout(vector))

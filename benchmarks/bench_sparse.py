@@ -18,9 +18,19 @@ Variants: ``optax.adam`` (dense), ``lazy_mask(adam, freeze_state=True)``
 ``lookahead(sparse_lazy(adam))`` through ``update_and_apply``, jitted with
 ``jax.jit`` and, as ``lookahead(sparse_lazy(adam)) [lookahead_jit]``, with
 ``optax_lookahead.lookahead_jit`` (one program per lookahead phase, chosen on
-the host; the call, host's choice included, is what is timed). Each time is
-the mean over two whole periods of 5 steps, so a lookahead variant's sync is
-in it. "bytes" is along the path of a non-sync and of a sync step through the
+the host; the call, host's choice included, is what is timed).
+
+Each step samples other rows: the sparse variants and the whole training step
+cycle through ``--id-buffers`` (20) id buffers drawn independently, as
+training batches would be, so the rows a step gathers are mostly not in the
+cache, and a lookahead sync interpolates every row its period touched (about
+5 times a step's rows at 1%). ``--id-buffers 1`` gives every step the same
+rows, as the first versions of this benchmark did (rows warm in the cache,
+syncs of one step's rows). The dense optimizer-step variants get one
+table-size gradient, since their cost does not depend on which rows it holds.
+Each time is the mean over whole periods of 5 steps (so a lookahead variant's
+sync is in it), as many as fill ``--min-sample-seconds``, at least two.
+"bytes" is along the path of a non-sync and of a sync step through the
 compiled step (for ``[lookahead_jit]``, each phase's own program, lowered
 with the state's step count at 1 and at 4; see ``harness.phase_programs``),
 counting in-place scatters and gathers by the rows they move
@@ -41,6 +51,7 @@ On a GPU machine use ``--malloc default`` (benchmarks/gpu_all.sh).
 
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -61,6 +72,9 @@ from optax_lookahead import (
 
 MODULE = "benchmarks.bench_sparse"
 DIM, SYNC_PERIOD = 128, 5
+# Distinct id buffers a run cycles through (--id-buffers): 20 x 1% covers
+# most of the table, so the rows of consecutive steps differ, as in training.
+ID_BUFFERS = 20
 
 
 # Above this many rows the dense lazy_mask variant is left out: with the
@@ -126,17 +140,23 @@ def training_step(tx, sparse, rows):
 
 
 class Runner:
-    def __init__(self, name, step, tx, params, batch):
+    def __init__(self, name, step, tx, params, batches, min_sample_seconds):
         self.step = harness.jit_for(name)(step, donate_argnums=(0, 1))
         self.params = jax.tree.map(jnp.copy, params)
         self.state = tx.init(self.params)
-        self.batch = batch
+        self.batches = batches
+        self.steps_taken = 0
         # One whole period compiles every program the variant runs (for
-        # lookahead_jit: the first update, a non-sync step and a sync).
+        # lookahead_jit: the first update, a non-sync step and a sync); a
+        # second one, warm, sizes the samples.
         self.seconds_per_step(SYNC_PERIOD)
+        period_seconds = SYNC_PERIOD * self.seconds_per_step(SYNC_PERIOD)
+        self.steps_per_sample = SYNC_PERIOD * max(
+            2, math.ceil(min_sample_seconds / period_seconds)
+        )
         self.bytes = {}
         programs = harness.phase_programs(
-            self.step, self.params, self.state, batch, SYNC_PERIOD
+            self.step, self.params, self.state, batches[0], SYNC_PERIOD
         )
         for label, (compiled, path) in programs.items():
             known = path is not None
@@ -147,54 +167,73 @@ class Runner:
     def seconds_per_step(self, steps):
         start = time.perf_counter()
         for _ in range(steps):
-            self.params, self.state = self.step(self.params, self.state, self.batch)
+            batch = self.batches[self.steps_taken % len(self.batches)]
+            self.params, self.state = self.step(self.params, self.state, batch)
+            self.steps_taken += 1
         jax.block_until_ready((self.params, self.state))
         return (time.perf_counter() - start) / steps
+
+    def sample(self):
+        return self.seconds_per_step(self.steps_per_sample)
 
     def release(self):
         del self.params, self.state
 
 
-def measure(rows, fraction, repetitions, whole_step, only=None):
+def measure(
+    rows, fraction, repetitions, whole_step, only, min_sample_seconds, id_buffers
+):
     rng = np.random.default_rng(0)
     count = max(1, int(rows * fraction))
-    ids = jnp.asarray(rng.choice(rows, size=count, replace=False), jnp.int32)
+    id_buffers = [
+        jnp.asarray(rng.choice(rows, size=count, replace=False), jnp.int32)
+        for _ in range(id_buffers)
+    ]
     params = {
         "embedding": jax.random.normal(jax.random.key(0), (rows, DIM)) * 0.05,
         "kernel": jax.random.normal(jax.random.key(1), (DIM, 1)) * 0.05,
     }
     row_values = jax.random.normal(jax.random.key(2), (count, DIM))
     kernel_grad = jnp.ones((DIM, 1))
-    dense_grads = None
     runners = {}
     chosen = variants(rows)
     if only:  # adam (dense), the base of every ratio, always runs
         chosen = {n: v for n, v in chosen.items() if n in only or n == "adam (dense)"}
+    if whole_step:
+        # Bags of 8 ids each, so the lookups cover the sampled rows.
+        batches = [
+            (bags, jnp.ones((bags.shape[0], 1)))
+            for bags in (
+                ids[: (count // 8) * 8].reshape(-1, 8) if count >= 8 else ids[None]
+                for ids in id_buffers
+            )
+        ]
+    else:
+        sparse_batches = [
+            {
+                "embedding": sparse_rows(ids, row_values, num_rows=rows),
+                "kernel": kernel_grad,
+            }
+            for ids in id_buffers
+        ]
+        # One table-size gradient for the dense variants (adam, the base of
+        # every ratio, always runs): a dense step costs the same whichever
+        # rows it holds.
+        dense = jnp.zeros((rows, DIM)).at[id_buffers[0]].set(row_values)
+        dense_batches = [{"embedding": dense, "kernel": kernel_grad}]
     for name, (kind, make_tx) in chosen.items():
         tx = make_tx()
         if whole_step:
-            # Bags of 8 ids each, so the lookups cover the sampled rows.
-            bags = ids[: (count // 8) * 8].reshape(-1, 8) if count >= 8 else ids[None]
-            batch = (bags, jnp.ones((bags.shape[0], 1)))
             step = training_step(tx, kind == "sparse", rows)
         else:
-            if kind == "sparse":
-                grads = {
-                    "embedding": sparse_rows(ids, row_values, num_rows=rows),
-                    "kernel": kernel_grad,
-                }
-            else:
-                if dense_grads is None:  # one table-size gradient, shared
-                    dense = jnp.zeros((rows, DIM)).at[ids].set(row_values)
-                    dense_grads = {"embedding": dense, "kernel": kernel_grad}
-                grads = dense_grads
-            batch, step = grads, optimizer_step(tx)
-        runners[name] = Runner(name, step, tx, params, batch)
-    del params, dense_grads  # each runner holds its own copy
+            batches = sparse_batches if kind == "sparse" else dense_batches
+            step = optimizer_step(tx)
+        runners[name] = Runner(name, step, tx, params, batches, min_sample_seconds)
+    del params  # each runner holds its own copy
     seconds = {name: [] for name in runners}
     for _ in range(repetitions):
         for name, runner in runners.items():
-            seconds[name].append(runner.seconds_per_step(SYNC_PERIOD * 2))
+            seconds[name].append(runner.sample())
     base = "adam (dense)"
     result = {}
     for name, runner in runners.items():
@@ -228,17 +267,39 @@ def main():
         help="measure only these variants (and adam (dense)): all of them at"
         " 2,000,000 rows need more memory than 24 GiB",
     )
+    parser.add_argument(
+        "--min-sample-seconds",
+        type=float,
+        default=0.2,
+        help="each timed sample runs whole periods until it lasts this long",
+    )
+    parser.add_argument(
+        "--id-buffers",
+        type=int,
+        default=ID_BUFFERS,
+        help="distinct id buffers the steps cycle through (1: every step the same rows)",
+    )
     harness.add_arguments(parser)
     args = parser.parse_args()
-    if args.repetitions < 1 or any(not 0 < f <= 1 for f in args.fractions):
-        parser.error("--repetitions must be >= 1 and fractions in (0, 1]")
+    if args.repetitions < 1 or args.id_buffers < 1:
+        parser.error("--repetitions and --id-buffers must be >= 1")
+    if any(not 0 < f <= 1 for f in args.fractions):
+        parser.error("fractions must be in (0, 1]")
     malloc = harness.settle_malloc(MODULE, args)
     results = []
     for rows in args.rows:
         for fraction in args.fractions:
             print(f"== {rows:,} rows, {fraction:.1%} sampled", flush=True)
             optimizer, whole = (
-                measure(rows, fraction, args.repetitions, whole_step, args.variants)
+                measure(
+                    rows,
+                    fraction,
+                    args.repetitions,
+                    whole_step,
+                    args.variants,
+                    args.min_sample_seconds,
+                    args.id_buffers,
+                )
                 for whole_step in (False, True)
             )
             results.append(
@@ -249,7 +310,13 @@ def main():
                     "whole": whole,
                 }
             )
-    header = harness.environment(MODULE, malloc, repetitions=args.repetitions)
+    header = harness.environment(
+        MODULE,
+        malloc,
+        repetitions=args.repetitions,
+        min_sample_seconds=args.min_sample_seconds,
+        id_buffers=args.id_buffers,
+    )
     print(json.dumps(header, indent=1))
     runs = {malloc: {"header": header, "results": results}}
     if args.out:

@@ -438,12 +438,30 @@ Where a target is missed:
 - `lazy_mask(adam)` (Su's variant) adds one pass over the gradient to find the
   sampled rows (`sum(abs(g)) != 0` per row), about 1.1x in bytes; its time on
   this 2-core machine varies between repetitions (see the spread).
+- `lookahead(sparse_lazy(adam)) [lookahead_jit]` at 1% of 200,000 rows: the
+  0.05x target was set on a benchmark that gave every step the same 2,000
+  rows. Measured that way (`--id-buffers 1`, in
+  `benchmarks/results/sparse-cpu-repeated-ids.json`), it is 0.049x default /
+  0.045x tuned (`sparse_lazy(adam)` alone 0.032x / 0.037x). The benchmark now
+  draws new rows every step, as training does: the rows are then cold in the
+  cache, `sparse_lazy(adam)` alone costs 0.051x, so nothing over it can be
+  under 0.05x, and a period touches about 9,800 rows (1 - 0.99^5 of the
+  table), each of which the sync reads and writes in the params and the slow
+  weights. That adds 2 row read-writes per touched row to sparse Adam's 3 per
+  sampled row (params, two moments): about 1.65x sparse Adam's row traffic
+  per period; measured 1.36x default, 1.43x tuned. The cost still follows the
+  rows: bytes per step are equal at 200,000 and 2,000,000 rows
+  (tests/test_touched_rows.py), and the time of 2,000 sampled rows grows
+  1.4x with a 10x table (cache and TLB misses over a larger table).
 """
 
 SPARSE_NOTES = """Optimizer step: given the gradient; whole training step: lookup, backward and
 update of a bag-of-embeddings model. Ratios to dense `optax.adam` in the same
-run. Times are means over two whole periods, so a lookahead's sync (every 5
-steps) is in them; bytes are along a non-sync and a sync step.
+run. Every step samples other rows (the runs cycle through 20 id buffers drawn
+independently), so a step's rows are mostly cold in the cache and a lookahead
+sync interpolates all the rows of its period. Times are means over whole
+periods (a lookahead's sync, every 5 steps, is in them) of at least 0.2 s;
+bytes are along a non-sync and a sync step.
 `lookahead(sparse_lazy(adam)) [lookahead_jit]` is the same step through
 `lookahead_jit`.
 """

@@ -149,6 +149,7 @@ def sparse_runs(tmp_path_factory):
     run_benchmark(
         "bench_sparse", "--malloc", "both", "--rows", "4000",
         "--fractions", "0.01", "--repetitions", "1", "--out", str(out),
+        "--min-sample-seconds", "0.02",
     )  # fmt: skip
     return json.loads(out.read_text())["runs"]
 
@@ -159,6 +160,7 @@ def test_bench_sparse_cost_follows_the_rows_under_both_mallocs(sparse_runs):
     tuned = sparse_runs["tuned"]["header"]
     assert tuned["glibc_tunables"] == harness.GLIBC_TUNABLES
     for run in sparse_runs.values():
+        assert run["header"]["id_buffers"] == bench_sparse.ID_BUFFERS > 1
         (result,) = run["results"]
         optimizer = result["optimizer"]
         # 1% of the rows sampled: the sparse step touches a few percent of the

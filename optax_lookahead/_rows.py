@@ -126,9 +126,16 @@ class SparseRows:
 
     A pytree (``ids`` and ``values`` are its leaves, ``num_rows`` is static), so
     it passes through ``jax.jit``, ``pmap`` and ``shard_map``. It refuses to act
-    as an array: dense code (``optax.apply_updates``, ``optax.MultiSteps``, a
-    transformation placed before ``sparse_lazy``) gets a clear error instead of
-    silently reading the ids as numbers.
+    as an array: code that adds, scales or converts it
+    (``optax.apply_updates``, ``optax.MultiSteps``) gets a clear error instead
+    of reading the ids as numbers. Code that maps a function over pytree
+    leaves still reaches the ids: :func:`sparse_lazy` refuses ids that are no
+    longer integers (``optax.scale(0.5)`` or ``optax.clip(1.0)`` placed before
+    it), but integer arithmetic on them (``optax.scale(2)``, or adding two
+    gradients leaf by leaf with ``jax.tree.map``) changes which rows are
+    updated and cannot be told apart from other ids. Put transformations
+    inside ``sparse_lazy(optax.chain(...))``, and accumulate row gradients
+    before :func:`sparse_rows`, not after.
 
     Attributes:
       ids: integer row ids, a vector.

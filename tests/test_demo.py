@@ -10,6 +10,7 @@ and the paired statistics.
 import json
 import math
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -372,3 +373,29 @@ def test_noisy_quadratic_at_equal_final_loss_closed_forms():
     assert slow[1] == slow[0] and slow[5] < slow[4]
     assert nqm.steps_to(np.array([4.0, 3.0, 1.0, 2.5, 1.0]), 2.0) == 4
     assert nqm.steps_to(np.array([4.0, 3.0]), 2.0) is None
+
+
+def test_runs_are_claimed_by_one_live_process_at_a_time(tmp_path):
+    log = tmp_path / "adam-seed0.json"
+    assert imdb_reproduce.claim(log)
+    assert not imdb_reproduce.claim(log)  # this process holds it
+    units = [("adam", [0, 1])]
+    # Another process skips the held seed and claims the free one.
+    assert imdb_reproduce.next_unclaimed(units, tmp_path, epochs=1) == ("adam", [1])
+    imdb_reproduce.release(log)
+    imdb_reproduce.release(tmp_path / "adam-seed1.json")
+    # The claim of a process that is gone is taken over.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    host = socket.gethostname()
+    (tmp_path / "adam-seed0.json.claim").write_text(f"{host} {gone.stdout.strip()}\n")
+    assert imdb_reproduce.claim(log)
+    imdb_reproduce.release(log)
+    # A finished run is not claimed.
+    log.write_text(json.dumps({"epochs": [{}]}))
+    assert imdb_reproduce.next_unclaimed(units, tmp_path, epochs=1) == ("adam", [1])
+    assert not (tmp_path / "adam-seed0.json.claim").exists()

@@ -23,6 +23,13 @@ Run (on a shared 2-core CPU; takes hours, resumable):
     nice -n 19 python -m optax_lookahead_experiments.imdb.reproduce \\
         > out/reproduce_imdb.log 2>&1 &
 
+Several processes may share the grid: each claims a run before training it
+(a ``.claim`` file beside its log, naming the process), skips runs that a live
+process has claimed, and takes over the claims of processes that died. On
+the 2-core CPU, two processes train about 1.5 times as many runs per hour as
+one (93.7 ms per step alone, 113 and 124 ms side by side, measured with
+``imdb.throughput``).
+
 On a GPU the whole grid fits one call
 (``optax_lookahead_experiments/gpu_grid.sh``).
 """
@@ -32,6 +39,7 @@ import datetime
 import json
 import os
 import pathlib
+import socket
 import time
 
 import optax_lookahead
@@ -72,6 +80,52 @@ def write_json(path: pathlib.Path, data: dict) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(temporary, path)
+
+
+def claim_path(log: pathlib.Path) -> pathlib.Path:
+    return log.with_name(log.name + ".claim")
+
+
+def claim(log: pathlib.Path) -> bool:
+    """Claims the run logged at ``log`` for this process; False if another
+    live process holds it. A claim of a process that is gone is taken over."""
+    path = claim_path(log)
+    mine = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if holder_alive(path):
+                return False
+            path.unlink(missing_ok=True)  # the holder died: take the run over
+            continue
+        with os.fdopen(descriptor, "w") as file:
+            file.write(mine + "\n")
+        return True
+    return False
+
+
+def holder_alive(path: pathlib.Path) -> bool:
+    """Whether the process named in the claim at ``path`` still runs (a claim
+    from another host, or one that cannot be read yet, counts as alive)."""
+    try:
+        host, pid = path.read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return True  # being written, or not ours to judge
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release(log: pathlib.Path) -> None:
+    claim_path(log).unlink(missing_ok=True)
 
 
 def now() -> str:
@@ -174,8 +228,31 @@ def main(argv=None) -> None:
     data = imdb_train.prepare(args.train_size, args.held_out_size)
     print(f"data: {data.sizes}", flush=True)
     environment = run_info.environment()
-    for name, group in left:
-        run_group(name, group, data, args, environment)
+    while unit := next_unclaimed(units, args.results, args.epochs):
+        name, group = unit
+        try:
+            run_group(name, group, data, args, environment)
+        finally:
+            for seed in group:
+                release(log_path(args.results, name, seed))
+
+
+def next_unclaimed(units, results: pathlib.Path, epochs: int):
+    """The first unit left to do whose seeds this process could claim (it
+    then holds them), or None. Seeds another process holds are left out."""
+    for name, seeds in todo(units, results, epochs):
+        claimed = []
+        for seed in seeds:
+            log = log_path(results, name, seed)
+            if not claim(log):
+                continue
+            if is_complete(log, epochs):  # finished since todo() looked
+                release(log)
+            else:
+                claimed.append(seed)
+        if claimed:
+            return name, claimed
+    return None
 
 
 def run_group(name, seeds, data, args, environment) -> None:

@@ -181,13 +181,13 @@ class Runner:
 
 
 def measure(
-    rows, fraction, repetitions, whole_step, only, min_sample_seconds, id_buffers
+    rows, fraction, repetitions, whole_step, only, min_sample_seconds, num_id_buffers
 ):
     rng = np.random.default_rng(0)
     count = max(1, int(rows * fraction))
     id_buffers = [
         jnp.asarray(rng.choice(rows, size=count, replace=False), jnp.int32)
-        for _ in range(id_buffers)
+        for _ in range(num_id_buffers)
     ]
     params = {
         "embedding": jax.random.normal(jax.random.key(0), (rows, DIM)) * 0.05,
@@ -195,40 +195,41 @@ def measure(
     }
     row_values = jax.random.normal(jax.random.key(2), (count, DIM))
     kernel_grad = jnp.ones((DIM, 1))
-    runners = {}
     chosen = variants(rows)
     if only:  # adam (dense), the base of every ratio, always runs
         chosen = {n: v for n, v in chosen.items() if n in only or n == "adam (dense)"}
     if whole_step:
         # Bags of 8 ids each, so the lookups cover the sampled rows.
-        batches = [
-            (bags, jnp.ones((bags.shape[0], 1)))
-            for bags in (
-                ids[: (count // 8) * 8].reshape(-1, 8) if count >= 8 else ids[None]
-                for ids in id_buffers
-            )
-        ]
-    else:
-        sparse_batches = [
-            {
-                "embedding": sparse_rows(ids, row_values, num_rows=rows),
-                "kernel": kernel_grad,
-            }
+        bags = [
+            ids[: (count // 8) * 8].reshape(-1, 8) if count >= 8 else ids[None]
             for ids in id_buffers
         ]
-        # One table-size gradient for the dense variants (adam, the base of
-        # every ratio, always runs): a dense step costs the same whichever
-        # rows it holds.
+        batches = [(b, jnp.ones((b.shape[0], 1))) for b in bags]
+        batches_of = {"dense": batches, "sparse": batches}
+    else:
+        # One table-size gradient for the dense variants: a dense step costs
+        # the same whichever rows it holds.
         dense = jnp.zeros((rows, DIM)).at[id_buffers[0]].set(row_values)
-        dense_batches = [{"embedding": dense, "kernel": kernel_grad}]
+        batches_of = {
+            "dense": [{"embedding": dense, "kernel": kernel_grad}],
+            "sparse": [
+                {
+                    "embedding": sparse_rows(ids, row_values, num_rows=rows),
+                    "kernel": kernel_grad,
+                }
+                for ids in id_buffers
+            ],
+        }
+    runners = {}
     for name, (kind, make_tx) in chosen.items():
         tx = make_tx()
         if whole_step:
             step = training_step(tx, kind == "sparse", rows)
         else:
-            batches = sparse_batches if kind == "sparse" else dense_batches
             step = optimizer_step(tx)
-        runners[name] = Runner(name, step, tx, params, batches, min_sample_seconds)
+        runners[name] = Runner(
+            name, step, tx, params, batches_of[kind], min_sample_seconds
+        )
     del params  # each runner holds its own copy
     seconds = {name: [] for name in runners}
     for _ in range(repetitions):

@@ -36,8 +36,8 @@ with the state's step count at 1 and at 4; see ``harness.phase_programs``),
 counting in-place scatters and gathers by the rows they move
 (benchmarks/hlo_bytes.py).
 
-Time figures are measured with glibc's default malloc and with the tunables of
-DESIGN.md section 3 (``--malloc``, see harness.py).
+Time figures are measured with glibc's default malloc and with the tunables in
+harness.py (``--malloc``).
 
 Run from the repository root (the 2M-row tables one fraction per process, so
 that each starts with a fresh heap on a 24 GiB machine, where the variants'

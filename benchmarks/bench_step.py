@@ -19,7 +19,7 @@ the embedding's gradient as the looked-up rows, ``gather_rows`` and
 ``sparse_rows``).
 
 Time figures (ratios), each measured with glibc's default malloc and with the
-tunables of DESIGN.md section 3 (``--malloc``, see harness.py):
+tunables in harness.py (``--malloc``):
 - non-sync: median time of a blocked step that is not a sync;
 - sync: median time of a blocked sync step;
 - mean: an unblocked run of whole periods (k=5 steps), divided by its steps.

@@ -2,7 +2,7 @@
 the results file.
 
 Malloc. glibc maps and unmaps temporaries over 32 MiB on every step, which can
-dominate CPU timings (DESIGN.md section 3), and users run with glibc's default.
+dominate CPU timings, and users run with glibc's default.
 So every benchmark measures under two settings, ``--malloc default`` (what
 users get) and ``--malloc tuned`` (the tunables below, which keep large
 temporaries in the heap), and ``--malloc both`` (the default) runs the tuned
@@ -43,8 +43,9 @@ from collections.abc import Callable
 
 from optax_lookahead_experiments.run_info import cpu_model
 
-# glibc malloc tunables of DESIGN.md section 3: one arena, no mmap for large
-# blocks, and no trimming of the heap's top.
+# The tuned setting's glibc malloc tunables: one arena, no mmap for large
+# blocks, and no trimming of the heap's top, so that a step's large
+# temporaries reuse heap memory instead of being mapped and faulted in anew.
 GLIBC_TUNABLES = (
     "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
     "glibc.malloc.trim_threshold=17179869184"
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=(*MALLOC_ORDER, "both"),
         default="both",
         help="glibc malloc setting to measure under: glibc's default, the"
-        " tunables of DESIGN.md section 3, or both (the tuned one in a child"
+        " tunables in benchmarks/harness.py, or both (the tuned one in a child"
         " process); on a GPU machine, 'default'",
     )
     parser.add_argument(

@@ -357,7 +357,7 @@ on programs without a cond; the tests check it). "extra state" is
 persistent optimizer memory beyond adam's, in copies of the params.
 
 Every time figure is given twice, "default / tuned": with glibc's default
-malloc (what users get) and with the malloc tunables of DESIGN.md section 3,
+malloc (what users get) and with the malloc tunables in `benchmarks/harness.py`,
 which keep large temporaries in the heap instead of mapping them every step
 (`--malloc both`, the default of both benchmarks, runs the tuned setting in a
 child process; `benchmarks/harness.py`). A `-` is a setting or variant not

@@ -255,7 +255,7 @@ def measure(
     return result
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[200_000])
     parser.add_argument(
@@ -281,11 +281,23 @@ def main():
         help="distinct id buffers the steps cycle through (1: every step the same rows)",
     )
     harness.add_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.repetitions < 1 or args.id_buffers < 1:
         parser.error("--repetitions and --id-buffers must be >= 1")
     if any(not 0 < f <= 1 for f in args.fractions):
         parser.error("fractions must be in (0, 1]")
+    if any(rows < 1 for rows in args.rows) or args.min_sample_seconds < 0:
+        parser.error("--rows must be >= 1 and --min-sample-seconds >= 0")
+    unknown = set(args.variants or ()) - set(variants(1))
+    if unknown:
+        parser.error(
+            f"unknown --variants {sorted(unknown)}; known: {list(variants(1))}"
+        )
+    return args
+
+
+def main():
+    args = parse_args()
     malloc = harness.settle_malloc(MODULE, args)
     results = []
     for rows in args.rows:

@@ -546,7 +546,7 @@ def workload_inputs(workload, quick):
     return params, batch, MODEL_NAMES, True
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 reps")
     parser.add_argument("--repetitions", type=int, default=7)
@@ -555,9 +555,14 @@ def main():
         "--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS
     )
     harness.add_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.repetitions < 1 or args.periods < 1:
         parser.error("--repetitions and --periods must be >= 1")
+    return args
+
+
+def main():
+    args = parse_args()
     malloc = harness.settle_malloc(MODULE, args)
     repetitions = 2 if args.quick else args.repetitions
 

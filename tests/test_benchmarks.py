@@ -321,3 +321,17 @@ def test_report_renders_the_committed_results():
     assert "| `lookahead(adam) [cond]` |" in bench_step.table(cpu["runs"])
     sparse = write_report.load("sparse-cpu.json")
     assert "`lookahead(sparse_lazy(adam))`" in bench_sparse.table(sparse["runs"])
+
+
+def test_bench_sparse_refuses_bad_arguments_before_measuring(capsys):
+    args = bench_sparse.parse_args(["--variants", "sparse_lazy(adam)"])
+    assert args.variants == ["sparse_lazy(adam)"] and args.id_buffers > 1
+    for bad in (
+        ["--variants", "sparse_lazy(adma)"],  # a typo would measure nothing
+        ["--id-buffers", "0"],
+        ["--fractions", "0"],
+        ["--rows", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            bench_sparse.parse_args(bad)
+    assert "unknown --variants ['sparse_lazy(adma)']" in capsys.readouterr().err

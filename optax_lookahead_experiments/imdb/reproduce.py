@@ -25,7 +25,9 @@ Run (on a shared 2-core CPU; takes hours, resumable):
 
 Several processes may share the grid: each claims a run before training it
 (a ``.claim`` file beside its log, naming the process), skips runs that a live
-process has claimed, and takes over the claims of processes that died. On
+process has claimed, and takes over the claims of processes that died (a
+claim made on another host counts as live: remove it by hand if that host
+is gone). On
 the 2-core CPU, two processes train about 1.6 times as many runs per hour as
 one (93.7 ms per step alone, 113 and 124 ms side by side, measured with
 ``imdb.throughput``).

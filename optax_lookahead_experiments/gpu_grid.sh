@@ -68,7 +68,7 @@ tail -n 3 "${OUT:-/tmp}"/logs/*.log
 echo "grid: $(( $(date +%s) - start )) s, exit status $status"
 
 if [ -n "${OUT:-}" ]; then
-  # Claims of runs cut short name this machine: they must not travel.
+  # Claim files are lock files of this machine's processes: they need not travel.
   tar -czf "$OUT/imdb_logs.tar.gz" --exclude='*.claim' -C "$results" .
   tar -czf "$OUT/runner_logs.tar.gz" -C "$OUT/logs" . && rm -r "$OUT/logs"
   echo "wrote $OUT/imdb_logs.tar.gz and $OUT/runner_logs.tar.gz"

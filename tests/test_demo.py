@@ -10,7 +10,6 @@ and the paired statistics.
 import json
 import math
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -380,22 +379,40 @@ def test_runs_are_claimed_by_one_live_process_at_a_time(tmp_path):
     assert imdb_reproduce.claim(log)
     assert not imdb_reproduce.claim(log)  # this process holds it
     units = [("adam", [0, 1])]
-    # Another process skips the held seed and claims the free one.
+    # The grid skips the held seed and claims the free one.
     assert imdb_reproduce.next_unclaimed(units, tmp_path, epochs=1) == ("adam", [1])
     imdb_reproduce.release(log)
     imdb_reproduce.release(tmp_path / "adam-seed1.json")
-    # The claim of a process that is gone is taken over.
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
+    assert not list(tmp_path.glob("*.claim"))
+    # Another process holds seed 0 until it is killed, without releasing it.
+    holder_code = (
+        "import pathlib, sys; from optax_lookahead_experiments.imdb import reproduce;"
+        f" assert reproduce.claim(pathlib.Path({str(log)!r}));"
+        " print('held', flush=True); sys.stdin.read()"
     )
-    host = socket.gethostname()
-    (tmp_path / "adam-seed0.json.claim").write_text(f"{host} {gone.stdout.strip()}\n")
+    with subprocess.Popen(
+        [sys.executable, "-c", holder_code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout.readline() == "held\n"
+            assert not imdb_reproduce.claim(log)
+            assert imdb_reproduce.next_unclaimed(units, tmp_path, 1) == ("adam", [1])
+            imdb_reproduce.release(tmp_path / "adam-seed1.json")
+        finally:
+            holder.kill()  # no release: as if it crashed
+    # Its claim file is left behind, but the lock died with it.
+    assert (tmp_path / "adam-seed0.json.claim").exists()
+    assert imdb_reproduce.claim(log)
+    imdb_reproduce.release(log)
+    # An empty claim file (or one in the old "host pid" form) holds nothing.
+    (tmp_path / "adam-seed0.json.claim").write_text("")
     assert imdb_reproduce.claim(log)
     imdb_reproduce.release(log)
     # A finished run is not claimed.
     log.write_text(json.dumps({"epochs": [{}]}))
     assert imdb_reproduce.next_unclaimed(units, tmp_path, epochs=1) == ("adam", [1])
     assert not (tmp_path / "adam-seed0.json.claim").exists()
+    imdb_reproduce.release(tmp_path / "adam-seed1.json")

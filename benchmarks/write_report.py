@@ -4,11 +4,12 @@ Run from the repository root after the benchmarks:
     python -m benchmarks.write_report
 Every number in BENCHMARKS.md comes from those files (their layout is in
 harness.py); the tables are drawn by the benchmarks' own ``table`` functions,
-the prose around them is here.
+the prose around them is here, with the figures it quotes read from the files.
 """
 
 import json
 import pathlib
+import textwrap
 
 from benchmarks import bench_sparse, bench_step, harness
 
@@ -285,19 +286,177 @@ def _sparse_figures(data, variant):
     return figures
 
 
+def lookahead_target_note(cpu):
+    """The note on the in-graph ``lookahead(adam)`` and ``update_and_apply``
+    steps against issue 6's targets, every figure read from ``cpu``."""
+    runs = cpu["runs"]
+    dense = {m: runs[m]["results"]["dense"] for m in harness.MALLOC_ORDER if m in runs}
+    compiled = next(iter(dense.values()))  # the same under both settings
+    plain, fused = "lookahead(adam)", "update_and_apply(lookahead(adam))"
+    jit = plain + harness.LOOKAHEAD_JIT
+
+    def times(variant, phase):
+        return " / ".join(
+            f"{d[variant]['time_ratio'][phase]:.2f}x" if variant in d else "-"
+            for d in dense.values()
+        )
+
+    text = (
+        f"`{plain}` and `{fused}` in one `jax.jit` program: the non-sync step"
+        f" moves {compiled[plain]['bytes_ratio']['non_sync']:.2f}x adam's bytes"
+        " (the transformation returns the inner updates, and the sync's"
+        " `lax.cond` reads them back) and holds"
+        f" {compiled[plain]['temp_bytes'] / 2**20:.0f} MiB of temporaries"
+        f" (fused: {compiled[fused]['temp_bytes'] / 2**20:.0f} MiB, and"
+        f" {compiled[fused]['param_copies']['non_sync']} param-size copies). Its"
+        f" time ({' / '.join(dense)} malloc) is {times(plain, 'non_sync')}, and"
+        f" {times(fused, 'non_sync')} fused. The program is the same under both"
+        " settings: the gap is the cost of allocating its temporaries, which the"
+        " tuned settings keep in the heap (`benchmarks/harness.py`; adam has"
+        f" {compiled['adam']['temp_bytes']} bytes of them). On the CPU,"
+        " `lookahead_jit` (next section)"
+        f" is the answer: `{jit}` costs {times(jit, 'non_sync')} between syncs"
+        f" and {times(jit, 'mean')} over a period."
+    )
+    return wrap_bullet(text)
+
+
+def wrap_bullet(text):
+    """``text`` as a markdown bullet of 78 columns, paths and code unbroken."""
+    return (
+        textwrap.fill(
+            text,
+            width=78,
+            initial_indent="- ",
+            subsequent_indent="  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        + "\n"
+    )
+
+
+def sparse_target_note(sparse, repeated):
+    """The note on ``lookahead(sparse_lazy(adam)) [lookahead_jit]`` against
+    its 0.05x target at 1% of 200,000 rows, every figure read from the
+    new-rows run (``sparse``) and the same-rows run (``repeated``)."""
+    variant, alone = SPARSE_LOOKAHEADS[1], "sparse_lazy(adam)"
+    rows, fraction, period = 200_000, 0.01, bench_sparse.SYNC_PERIOD
+
+    def at(data, name, table_rows=rows, sampled=fraction):
+        return _sparse_figures(data, name).get((table_rows, sampled), {})
+
+    def ratios(data, name):
+        figures = at(data, name)
+        return " / ".join(
+            f"{figures[m]['time_ratio']:.3f}x" if m in figures else "-"
+            for m in harness.MALLOC_ORDER
+        )
+
+    sampled = round(rows * fraction)
+    touched = rows * (1 - (1 - fraction) ** period)
+    # Row read-writes per period: sparse Adam's 3 per sampled row (params and
+    # two moments), and the sync's 2 per touched row (params, slow weights).
+    predicted = (3 * period * sampled + 2 * touched) / (3 * period * sampled)
+    lookahead, inner = at(sparse, variant), at(sparse, alone)
+    measured = " / ".join(
+        f"{lookahead[m]['seconds'] / inner[m]['seconds']:.2f}x"
+        if m in lookahead and m in inner
+        else "-"
+        for m in harness.MALLOC_ORDER
+    )
+    # The same number of sampled rows in a table 10 times as large.
+    large = at(sparse, variant, 10 * rows, fraction / 10)
+    growth = [
+        f"{large[m]['seconds'] / lookahead[m]['seconds']:.1f}x ({m} malloc)"
+        for m in harness.MALLOC_ORDER
+        if m in lookahead and m in large
+    ]
+    text = (
+        f"`{variant}` at {fraction:.0%} of {rows:,} rows: the 0.05x target was set"
+        f" on a benchmark that gave every step the same {sampled:,} rows. Measured"
+        " that way (`--id-buffers 1`, in"
+        " `benchmarks/results/sparse-cpu-repeated-ids.json`), it is"
+        f" {ratios(repeated, variant)} (default / tuned malloc; `{alone}` alone"
+        f" {ratios(repeated, alone)}). The benchmark now draws new rows every"
+        f" step, as training does: the rows are then cold in the cache, `{alone}`"
+        f" alone costs {ratios(sparse, alone)}, and a period of {period} steps"
+        f" touches about {touched:,.0f} rows (1 - {1 - fraction:g}^{period} of the"
+        " table), each of which the sync reads and writes in the params and the"
+        " slow weights. That adds 2 row read-writes per touched row to sparse"
+        f" Adam's 3 per sampled row (params, two moments): {predicted:.2f}x sparse"
+        f" Adam's row traffic per period; measured, {measured} its time. The cost"
+        f" still follows the rows: bytes per step are equal at {rows:,} and"
+        f" {10 * rows:,} rows (tests/test_touched_rows.py)"
+    )
+    if growth:
+        text += (
+            f", and the time of {sampled:,} sampled rows grows"
+            f" {', '.join(growth)} with a 10x table (cache and TLB misses over a"
+            " larger table)"
+        )
+    return wrap_bullet(text + ".").rstrip("\n")
+
+
+def sparse_notes(data):
+    """What the sparse tables measure, and how the runs in ``data`` drew their
+    rows and timed them (read from their headers)."""
+    headers = [run["header"] for run in data["runs"].values()]
+    buffers = {h.get("id_buffers") for h in headers}
+    seconds = {h.get("min_sample_seconds") for h in headers}
+    text = (
+        "Optimizer step: given the gradient; whole training step: lookup,"
+        " backward and update of a bag-of-embeddings model. Ratios to dense"
+        " `optax.adam` in the same run. "
+    )
+    if None in buffers:
+        text += (
+            "These runs predate the current method: every step sampled the"
+            " same rows, which stay warm in the cache (this flatters the sparse"
+            " paths), and samples were 10 steps long (fixed costs weigh on"
+            " a short step). The CPU section's notes give both methods'"
+            " figures for the lookahead step at 1%. "
+        )
+    else:
+        text += (
+            "Every step samples other rows (the runs cycle through"
+            f" {' or '.join(map(str, sorted(buffers)))} id buffers drawn"
+            " independently), so a step's rows are mostly cold in the cache"
+            " and a lookahead sync interpolates all the rows of its period."
+            " Times are means over whole periods (a lookahead's sync, every"
+            f" {bench_sparse.SYNC_PERIOD} steps, is in them) of at least"
+            f" {' or '.join(f'{s:g}' for s in sorted(seconds))} s. "
+        )
+    text += (
+        "Bytes are along a non-sync and a sync step."
+        " `lookahead(sparse_lazy(adam)) [lookahead_jit]` is the same step"
+        " through `lookahead_jit`."
+    )
+    return textwrap.fill(text, width=78, break_long_words=False) + "\n"
+
+
 def gpu_names(prefix):
     """Results files of GPU runs, e.g. gpu-h200.json, one per card."""
     return sorted(p.name for p in RESULTS.glob(f"{prefix}-*.json"))
 
 
-def main():
+def render() -> str:
+    """BENCHMARKS.md's text, from the results files."""
     cpu, sparse = load("cpu.json"), load("sparse-cpu.json")
+    repeated = load("sparse-cpu-repeated-ids.json")
     parts = [INTRO + stale_note(cpu)]
     if cpu:
         parts += [
             "## Targets of issue 6 (2-core CPU)\n",
             targets_table(cpu),
-            TARGET_NOTES,
+            "\nWhere a target is missed:\n\n"
+            + lookahead_target_note(cpu)
+            + TARGET_NOTES
+            + (
+                sparse_target_note(sparse, repeated) + "\n"
+                if sparse and repeated
+                else ""
+            ),
         ]
         floor = floor_table(cpu, sparse, mean_limit=1.10)
         if floor:
@@ -313,7 +472,7 @@ def main():
     if sparse:
         parts += [
             "\n## Sparse lazy updates, CPU\n",
-            SPARSE_NOTES,
+            sparse_notes(sparse),
             header_lines(sparse),
             bench_sparse.table(sparse["runs"]) + "\n",
         ]
@@ -332,10 +491,16 @@ def main():
         card = name.removeprefix("sparse-gpu-").removesuffix(".json").upper()
         data = load(name)
         parts += [
-            f"\n## Sparse lazy updates, GPU ({card})\n\n{header_lines(data)}",
+            f"\n## Sparse lazy updates, GPU ({card})\n",
+            sparse_notes(data),
+            header_lines(data),
             bench_sparse.table(data["runs"]),
         ]
-    REPORT.write_text("\n".join(parts) + "\n")
+    return "\n".join(parts) + "\n"
+
+
+def main():
+    REPORT.write_text(render())
     print(f"wrote {REPORT}")
 
 
@@ -416,19 +581,7 @@ to `optax.lookahead(adam)`) in the same run. The sparse rows are from the
 optimizer step of the sparse benchmark below.
 """
 
-TARGET_NOTES = """
-Where a target is missed:
-
-- `lookahead(adam)` (the plain transformation): its non-sync step writes the
-  inner updates out and reads them back through the sync's `lax.cond` (1.20x
-  in bytes, the floor for a transformation that must return updates), and the
-  sync step moves about 1.9x. The misses are smaller than the spread between
-  repetitions on this shared 2-core machine; the identical program, measured
-  again in the same run under another name, lands on the other side of the
-  target. The fused step (`update_and_apply`, `LookaheadTrainState`) meets its
-  tighter targets.
-
-- `lazy_mask(adam, freeze_state=True)` on a dense table: the frozen moments
+TARGET_NOTES = """- `lazy_mask(adam, freeze_state=True)` on a dense table: the frozen moments
   are selected row by row after the inner optimizer ran (the only way that
   works for any optimizer). XLA:CPU does not fuse the update with those
   selects, so it keeps the old moments alive with two table-size copies
@@ -438,33 +591,8 @@ Where a target is missed:
 - `lazy_mask(adam)` (Su's variant) adds one pass over the gradient to find the
   sampled rows (`sum(abs(g)) != 0` per row), about 1.1x in bytes; its time on
   this 2-core machine varies between repetitions (see the spread).
-- `lookahead(sparse_lazy(adam)) [lookahead_jit]` at 1% of 200,000 rows: the
-  0.05x target was set on a benchmark that gave every step the same 2,000
-  rows. Measured that way (`--id-buffers 1`, in
-  `benchmarks/results/sparse-cpu-repeated-ids.json`), it is 0.049x default /
-  0.045x tuned (`sparse_lazy(adam)` alone 0.032x / 0.037x). The benchmark now
-  draws new rows every step, as training does: the rows are then cold in the
-  cache, `sparse_lazy(adam)` alone costs 0.051x, so nothing over it can be
-  under 0.05x, and a period touches about 9,800 rows (1 - 0.99^5 of the
-  table), each of which the sync reads and writes in the params and the slow
-  weights. That adds 2 row read-writes per touched row to sparse Adam's 3 per
-  sampled row (params, two moments): about 1.65x sparse Adam's row traffic
-  per period; measured 1.36x default, 1.43x tuned. The cost still follows the
-  rows: bytes per step are equal at 200,000 and 2,000,000 rows
-  (tests/test_touched_rows.py), and the time of 2,000 sampled rows grows
-  1.4x with a 10x table (cache and TLB misses over a larger table).
 """
 
-SPARSE_NOTES = """Optimizer step: given the gradient; whole training step: lookup, backward and
-update of a bag-of-embeddings model. Ratios to dense `optax.adam` in the same
-run. Every step samples other rows (the runs cycle through 20 id buffers drawn
-independently), so a step's rows are mostly cold in the cache and a lookahead
-sync interpolates all the rows of its period. Times are means over whole
-periods (a lookahead's sync, every 5 steps, is in them) of at least 0.2 s;
-bytes are along a non-sync and a sync step.
-`lookahead(sparse_lazy(adam)) [lookahead_jit]` is the same step through
-`lookahead_jit`.
-"""
 
 GPU_NOTES = """Measured with the device tool's GPU (see the command). On this GPU XLA copies
 every buffer that a `lax.cond` branch passes through, so a sync staged as a

@@ -323,6 +323,30 @@ def test_report_renders_the_committed_results():
     assert "`lookahead(sparse_lazy(adam))`" in bench_sparse.table(sparse["runs"])
 
 
+def test_benchmarks_md_is_what_write_report_renders_from_the_results():
+    # Every figure in BENCHMARKS.md comes from benchmarks/results/: a hand
+    # edit, or results committed without re-rendering, fails here.
+    assert write_report.REPORT.read_text() == write_report.render(), (
+        "BENCHMARKS.md is stale: run `python -m benchmarks.write_report`"
+    )
+
+
+def test_sparse_target_note_reads_its_figures_from_the_runs():
+    sparse = write_report.load("sparse-cpu.json")
+    repeated = write_report.load("sparse-cpu-repeated-ids.json")
+    variant = "lookahead(sparse_lazy(adam)) [lookahead_jit]"
+    note = " ".join(write_report.sparse_target_note(sparse, repeated).split())
+    same_rows = write_report._sparse_figures(repeated, variant)[(200_000, 0.01)]
+    same = " / ".join(
+        f"{same_rows[m]['time_ratio']:.3f}x" for m in ("default", "tuned")
+    )
+    assert f"it is {same} (default / tuned malloc;" in note
+    # 1 - 0.99^5 of the table, and (3 * 5 * 2,000 + 2 * touched) / (3 * 5 * 2,000).
+    touched = 200_000 * (1 - 0.99**5)
+    assert f"touches about {touched:,.0f} rows" in note
+    assert f"{(30_000 + 2 * touched) / 30_000:.2f}x sparse Adam's row traffic" in note
+
+
 def test_bench_sparse_refuses_bad_arguments_before_measuring(capsys):
     args = bench_sparse.parse_args(["--variants", "sparse_lazy(adam)"])
     assert args.variants == ["sparse_lazy(adam)"] and args.id_buffers > 1

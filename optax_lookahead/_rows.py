@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_lookahead import _checks
@@ -28,8 +29,12 @@ def clean_ids(ids: jax.Array, num_rows: int, argument: str = "ids") -> jax.Array
     ``num_rows``, which ``mode="drop"`` scatters drop and ``mode="fill"``
     gathers fill; a negative id would otherwise wrap around to the end of the
     table under JAX's indexing. The comparison happens in the ids' own dtype,
-    before the cast, so an int64 id past the int32 range never wraps into the
-    table, and int8 ids with ``-1`` padding work for tables of any size.
+    before the cast, so int8 ids with ``-1`` padding work for tables of any
+    size, and an int64 id past the int32 range never wraps into the table:
+    NumPy ids are compared on the host, before JAX sees them (with x64 off,
+    JAX's default, JAX itself turns int64 into int32 by dropping the high
+    bits, silently, also where an int64 array enters a ``jit``-compiled
+    function: ids past the int32 range can only be caught before that).
 
     Args:
       ids: an integer array of any shape.
@@ -39,6 +44,13 @@ def clean_ids(ids: jax.Array, num_rows: int, argument: str = "ids") -> jax.Array
     Returns:
       int32 ids of the same shape.
     """
+    if isinstance(ids, np.ndarray | np.generic) and np.issubdtype(
+        ids.dtype, np.integer
+    ):
+        inside = (ids >= 0) & (ids < num_rows)
+        on_host = np.full(np.shape(ids), num_rows, np.int32)
+        on_host[inside] = ids[inside]
+        ids = on_host
     ids = jnp.asarray(ids)
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise TypeError(
@@ -76,14 +88,15 @@ def given_sampled_rows(sampled, num_rows: int, where: str) -> jax.Array:
     Returns:
       A bool vector of shape ``(num_rows,)``.
     """
-    sampled = jnp.asarray(sampled)
+    if not isinstance(sampled, np.ndarray | np.generic):
+        sampled = jnp.asarray(sampled)  # NumPy ids stay on the host for clean_ids
     if sampled.dtype == jnp.bool_:
         if sampled.shape != (num_rows,):
             raise ValueError(
                 f"sampled_rows for {where}: a boolean row mask must have shape"
                 f" ({num_rows},), one flag per row, got shape {sampled.shape}."
             )
-        return sampled
+        return jnp.asarray(sampled)
     ids = clean_ids(sampled, num_rows, f"sampled_rows for {where}").reshape(-1)
     return jnp.zeros((num_rows,), jnp.bool_).at[ids].set(True, mode="drop")
 

@@ -346,6 +346,23 @@ def test_int64_ids_past_int32_never_wrap_into_the_table(where):
             assert rows_moved_by_ids(where, ids) == [2]
 
 
+
+@pytest.mark.parametrize("where", ["gather_rows", *USES_OF_IDS])
+def test_numpy_int64_ids_past_int32_never_wrap_with_x64_off(where):
+    # NumPy's default integer type under JAX's default config, where JAX itself
+    # would drop the high bits (turning each of these into 1 or -1): the ids
+    # are compared with the table on the host first.
+    assert not jax.config.jax_enable_x64
+    ids = np.array([2**32 + 1, 2**33 - 1, -(2**32) - 1, 2], np.int64)
+    if where == "gather_rows":
+        table = jnp.arange(4.0, dtype=jnp.float32)
+        chex.assert_trees_all_equal(
+            gather_rows(table, ids), jnp.array([0, 0, 0, 2], jnp.float32)
+        )
+    else:
+        assert rows_moved_by_ids(where, ids) == [2]
+
+
 # SparseEmbed (issue 10, item 3).
 
 

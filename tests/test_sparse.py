@@ -346,7 +346,6 @@ def test_int64_ids_past_int32_never_wrap_into_the_table(where):
             assert rows_moved_by_ids(where, ids) == [2]
 
 
-
 @pytest.mark.parametrize("where", ["gather_rows", *USES_OF_IDS])
 def test_numpy_int64_ids_past_int32_never_wrap_with_x64_off(where):
     # NumPy's default integer type under JAX's default config, where JAX itself

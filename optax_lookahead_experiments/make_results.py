@@ -143,8 +143,9 @@ def machines(logs: list[dict]) -> str:
     return "**Machines.** " + " ".join(parts)
 
 
-def imdb_section(logs: list[dict], partial: list[dict]) -> str:
-    """Status, setup, tables, paired statistics and plots of the v2 runs."""
+def imdb_section(logs: list[dict], partial: list[dict], plots: bool = True) -> str:
+    """Status, setup, tables, paired statistics and plots of the v2 runs
+    (the plots are drawn only with ``plots``; the text is the same)."""
     optimizers = [*MAIN, *EXTRA]
     if not logs and not partial:
         return "No IMDB log of this protocol yet.\n"
@@ -161,22 +162,27 @@ def imdb_section(logs: list[dict], partial: list[dict]) -> str:
         return "\n".join(lines[:-1]) + "\n"
     records = [r for log in logs for r in log["epochs"]]
     rows = imdb_report.summarize(records)
-    imdb_report.plot_accuracy(
-        records,
-        RESULTS / "imdb" / "accuracy.png",
-        "IMDB accuracy on the whole held-out set (mean over seeds, range shaded)",
-        references=True,
+    plotted = any(
+        len(imdb_report.paired_curves(records, *comparison, "test_accuracy")[0])
+        for comparison in PLOTTED
     )
-    paired_plot = RESULTS / "imdb" / "paired.png"
-    plotted = imdb_report.plot_paired(
-        records,
-        PLOTTED,
-        paired_plot,
-        key="test_accuracy",
-        title="IMDB test-half accuracy, paired by seed",
-    )
-    if not plotted:
-        paired_plot.unlink(missing_ok=True)
+    if plots:
+        imdb_report.plot_accuracy(
+            records,
+            RESULTS / "imdb" / "accuracy.png",
+            "IMDB accuracy on the whole held-out set (mean over seeds, range shaded)",
+            references=True,
+        )
+        paired_plot = RESULTS / "imdb" / "paired.png"
+        imdb_report.plot_paired(  # draws nothing where nothing is plotted
+            records,
+            PLOTTED,
+            paired_plot,
+            key="test_accuracy",
+            title="IMDB test-half accuracy, paired by seed",
+        )
+        if not plotted:
+            paired_plot.unlink(missing_ok=True)
     lines += [
         metrics_legend(),
         "",
@@ -481,9 +487,9 @@ def notes(old: str, name: str) -> str:
     return f"<!-- notes:{name} -->\n{body}<!-- /notes:{name} -->\n"
 
 
-def main() -> None:
-    target = ROOT / "RESULTS.md"
-    old = target.read_text() if target.exists() else ""
+def render(old: str, plots: bool = True) -> str:
+    """RESULTS.md's text from the logs under ``results/``, with the notes of
+    ``old`` (the current file); draws the IMDB plots only with ``plots``."""
     complete, partial = read_imdb_logs(RESULTS / "imdb")
     v1, _ = read_imdb_logs(RESULTS / "imdb_v1")
     throughput_path = RESULTS / "imdb_throughput.json"
@@ -492,7 +498,7 @@ def main() -> None:
     )
     digits = json.loads((RESULTS / "digits" / "lr_sweep.json").read_text())
     nqm = json.loads((RESULTS / "nqm" / "nqm.json").read_text())
-    text = "\n".join(
+    return "\n".join(
         [
             "# Results",
             "",
@@ -508,7 +514,7 @@ def main() -> None:
             " `optax_lookahead_experiments/gpu_grid.sh` in one call on a GPU), then"
             " `python -m optax_lookahead_experiments.make_results`.",
             "",
-            imdb_section(complete, partial),
+            imdb_section(complete, partial, plots),
             throughput_section(throughput),
             notes(old, "imdb"),
             "### 1b. The first protocol (3 seeds, no validation split)",
@@ -546,7 +552,13 @@ def main() -> None:
             notes(old, "nqm_equal_loss"),
         ]
     )
-    target.write_text(text)
+
+
+def main() -> None:
+    target = ROOT / "RESULTS.md"
+    target.write_text(render(target.read_text() if target.exists() else ""))
+    complete, partial = read_imdb_logs(RESULTS / "imdb")
+    v1, _ = read_imdb_logs(RESULTS / "imdb_v1")
     print(
         f"wrote {target}: {len(complete)} complete IMDB runs, {len(partial)}"
         f" partial, {len(v1)} of the first protocol"

@@ -416,3 +416,17 @@ def test_runs_are_claimed_by_one_live_process_at_a_time(tmp_path):
     assert imdb_reproduce.next_unclaimed(units, tmp_path, epochs=1) == ("adam", [1])
     assert not (tmp_path / "adam-seed0.json.claim").exists()
     imdb_reproduce.release(tmp_path / "adam-seed1.json")
+
+
+def test_results_md_is_what_make_results_renders_from_the_logs():
+    # Every number in RESULTS.md comes from the logs under results/: a hand
+    # edit outside the notes, or logs committed without re-rendering, fails.
+    from optax_lookahead_experiments import make_results
+
+    _, partial = make_results.read_imdb_logs(make_results.RESULTS / "imdb")
+    if partial:  # a grid running here; RESULTS.md is rendered without them
+        pytest.skip(f"{len(partial)} unfinished IMDB runs under results/imdb")
+    committed = (make_results.ROOT / "RESULTS.md").read_text()
+    assert committed == make_results.render(committed, plots=False), (
+        "RESULTS.md is stale: run `python -m optax_lookahead_experiments.make_results`"
+    )

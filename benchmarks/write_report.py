@@ -321,6 +321,46 @@ def lookahead_target_note(cpu):
     return wrap_bullet(text)
 
 
+def lazy_mask_target_note(cpu):
+    """The notes on ``lazy_mask(adam)`` with and without ``freeze_state`` on
+    a table whose rows are all sampled, every figure read from ``cpu`` and
+    from the GPU results files."""
+    every = next(iter(cpu["runs"].values()))["results"]["embedding_all"]
+    su, frozen = every["lazy_mask(adam)"], every["lazy_mask(adam, freeze_state)"]
+    on_gpus = []
+    for name in gpu_names("gpu"):
+        card = name.removeprefix("gpu-").removesuffix(".json").upper()
+        for malloc, run in load(name)["runs"].items():
+            figure = (
+                run["results"]
+                .get("embedding_all", {})
+                .get("lazy_mask(adam, freeze_state)")
+            )
+            if figure is not None:
+                ratio = figure["time_ratio"]["non_sync"]
+                on_gpus.append(f"{ratio:.2f}x adam on the {card}, {malloc} malloc")
+    gpu = f" XLA:GPU fuses them ({'; '.join(on_gpus)}; below)." if on_gpus else ""
+    frozen_note = (
+        "`lazy_mask(adam, freeze_state=True)` on a dense table: the frozen moments"
+        " are selected row by row after the inner optimizer ran (the only way that"
+        " works for any optimizer). XLA:CPU does not fuse the update with those"
+        " selects, so it keeps the old moments alive:"
+        f" {frozen['param_copies']['non_sync']} table-size copies and"
+        f" {frozen['temp_bytes'] / 2**20:.0f} MiB of temporaries for a"
+        f" {frozen['largest_param_bytes'] / 2**20:.0f} MiB table, and"
+        f" {frozen['bytes_ratio']['non_sync']:.2f}x adam's bytes.{gpu} For large"
+        " tables use `sparse_lazy`, which gives the same results at a cost that"
+        " follows the sampled rows."
+    )
+    su_note = (
+        "`lazy_mask(adam)` (Su's variant) adds one pass over the gradient to find"
+        " the sampled rows (`sum(abs(g)) != 0` per row):"
+        f" {su['bytes_ratio']['non_sync']:.2f}x adam's bytes; its time on this"
+        " 2-core machine varies between repetitions (see the spread)."
+    )
+    return wrap_bullet(frozen_note) + wrap_bullet(su_note)
+
+
 def wrap_bullet(text):
     """``text`` as a markdown bullet of 78 columns, paths and code unbroken."""
     return (
@@ -451,7 +491,7 @@ def render() -> str:
             targets_table(cpu),
             "\nWhere a target is missed:\n\n"
             + lookahead_target_note(cpu)
-            + TARGET_NOTES
+            + lazy_mask_target_note(cpu)
             + (
                 sparse_target_note(sparse, repeated) + "\n"
                 if sparse and repeated
@@ -580,19 +620,6 @@ program ("compiled"); times are medians over repetitions, ratios to adam (or
 to `optax.lookahead(adam)`) in the same run. The sparse rows are from the
 optimizer step of the sparse benchmark below.
 """
-
-TARGET_NOTES = """- `lazy_mask(adam, freeze_state=True)` on a dense table: the frozen moments
-  are selected row by row after the inner optimizer ran (the only way that
-  works for any optimizer). XLA:CPU does not fuse the update with those
-  selects, so it keeps the old moments alive with two table-size copies
-  (see "param-size copies" and "temp" below). XLA:GPU fuses them (about 1.1x
-  on the H200, below). For large tables use `sparse_lazy`, which gives the same
-  results at a cost that follows the sampled rows.
-- `lazy_mask(adam)` (Su's variant) adds one pass over the gradient to find the
-  sampled rows (`sum(abs(g)) != 0` per row), about 1.1x in bytes; its time on
-  this 2-core machine varies between repetitions (see the spread).
-"""
-
 
 GPU_NOTES = """Measured with the device tool's GPU (see the command). On this GPU XLA copies
 every buffer that a `lax.cond` branch passes through, so a sync staged as a

@@ -361,6 +361,33 @@ def lazy_mask_target_note(cpu):
     return wrap_bullet(frozen_note) + wrap_bullet(su_note)
 
 
+def gpu_notes(data):
+    """How one GPU run was made, and what staging the sync as a ``lax.cond``
+    or as a select cost there (figures read from ``data``)."""
+    dense = next(iter(data["runs"].values()))["results"].get("dense", {})
+    cond, select = (dense.get(f"lookahead(adam) [{way}]") for way in ("cond", "select"))
+    staging = ""
+    if cond and select:
+        staging = (
+            " Staged as a `lax.cond`, the sync costs on every step: between syncs"
+            f" `lookahead(adam) [cond]` takes {cond['time_ratio']['non_sync']:.2f}x"
+            f" adam's time and {cond['bytes_ratio']['non_sync']:.2f}x its bytes"
+            " (XLA copies the buffers the branches pass through), `[select]`"
+            f" {select['time_ratio']['non_sync']:.2f}x and"
+            f" {select['bytes_ratio']['non_sync']:.2f}x."
+        )
+    text = (
+        f"Measured with the device tool's GPU (see the command).{staging} On"
+        " platforms other than CPU, lookahead therefore stages its sync as a"
+        " select, which fuses into the inner optimizer's kernel. The `[cond]` and"
+        " `[select]` rows choose each way (`sync_staging=`), where the run"
+        " includes them; runs before the `sync_staging` argument named `[cond]`"
+        " `[branch]`. The `[lookahead_jit]` rows compile each phase separately,"
+        " with neither."
+    )
+    return textwrap.fill(text, width=78, break_long_words=False) + "\n"
+
+
 def wrap_bullet(text):
     """``text`` as a markdown bullet of 78 columns, paths and code unbroken."""
     return (
@@ -521,7 +548,7 @@ def render() -> str:
         data = load(name)
         parts += [
             f"\n## Step cost, GPU ({card})\n\n{header_lines(data)}",
-            GPU_NOTES,
+            gpu_notes(data),
         ]
         floor = floor_table(data, mean_limit=1.08)
         if floor:
@@ -620,16 +647,6 @@ program ("compiled"); times are medians over repetitions, ratios to adam (or
 to `optax.lookahead(adam)`) in the same run. The sparse rows are from the
 optimizer step of the sparse benchmark below.
 """
-
-GPU_NOTES = """Measured with the device tool's GPU (see the command). On this GPU XLA copies
-every buffer that a `lax.cond` branch passes through, so a sync staged as a
-cond costs 1.6x; lookahead therefore stages its sync as a select on platforms
-other than CPU, which fuses into the inner optimizer's kernel. The `[cond]`
-and `[select]` rows choose each way (`sync_staging=`), where the run includes
-them; runs before the `sync_staging` argument named `[cond]` `[branch]`. The
-`[lookahead_jit]` rows compile each phase separately, with neither.
-"""
-
 
 if __name__ == "__main__":
     main()

@@ -332,27 +332,11 @@ def enable_x64():
     return experimental()
 
 
-@pytest.mark.parametrize("where", ["gather_rows", *USES_OF_IDS])
-def test_int64_ids_past_int32_never_wrap_into_the_table(where):
-    with enable_x64():
-        # Each of these is 1 (or -1) modulo 2**32.
-        ids = jnp.array([2**32 + 1, 2**33 - 1, -(2**32) - 1, 2], jnp.int64)
-        if where == "gather_rows":
-            table = jnp.arange(4.0, dtype=jnp.float32)
-            chex.assert_trees_all_equal(
-                gather_rows(table, ids), jnp.array([0, 0, 0, 2], jnp.float32)
-            )
-        else:
-            assert rows_moved_by_ids(where, ids) == [2]
+# Each of these is 1 (or -1) modulo 2**32; only the last names a row.
+PAST_INT32 = [2**32 + 1, 2**33 - 1, -(2**32) - 1, 2]
 
 
-@pytest.mark.parametrize("where", ["gather_rows", *USES_OF_IDS])
-def test_numpy_int64_ids_past_int32_never_wrap_with_x64_off(where):
-    # NumPy's default integer type under JAX's default config, where JAX itself
-    # would drop the high bits (turning each of these into 1 or -1): the ids
-    # are compared with the table on the host first.
-    assert not jax.config.jax_enable_x64
-    ids = np.array([2**32 + 1, 2**33 - 1, -(2**32) - 1, 2], np.int64)
+def assert_only_the_last_id_names_a_row(where, ids):
     if where == "gather_rows":
         table = jnp.arange(4.0, dtype=jnp.float32)
         chex.assert_trees_all_equal(
@@ -360,6 +344,20 @@ def test_numpy_int64_ids_past_int32_never_wrap_with_x64_off(where):
         )
     else:
         assert rows_moved_by_ids(where, ids) == [2]
+
+
+@pytest.mark.parametrize("where", ["gather_rows", *USES_OF_IDS])
+def test_int64_ids_past_int32_never_wrap_into_the_table(where):
+    with enable_x64():
+        assert_only_the_last_id_names_a_row(where, jnp.array(PAST_INT32, jnp.int64))
+
+
+@pytest.mark.parametrize("where", ["gather_rows", *USES_OF_IDS])
+def test_numpy_int64_ids_past_int32_never_wrap_with_x64_off(where):
+    # NumPy's default integer type under JAX's default config, where JAX itself
+    # would drop the high bits: the ids are compared with the table on the host.
+    assert not jax.config.jax_enable_x64
+    assert_only_the_last_id_names_a_row(where, np.array(PAST_INT32, np.int64))
 
 
 # SparseEmbed (issue 10, item 3).

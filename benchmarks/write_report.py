@@ -462,7 +462,7 @@ def sparse_target_note(sparse, repeated):
             f" {', '.join(growth)} with a 10x table (cache and TLB misses over a"
             " larger table)"
         )
-    return wrap_bullet(text + ".").rstrip("\n")
+    return wrap_bullet(text + ".")
 
 
 def sparse_notes(data):
@@ -519,11 +519,7 @@ def render() -> str:
             "\nWhere a target is missed:\n\n"
             + lookahead_target_note(cpu)
             + lazy_mask_target_note(cpu)
-            + (
-                sparse_target_note(sparse, repeated) + "\n"
-                if sparse and repeated
-                else ""
-            ),
+            + (sparse_target_note(sparse, repeated) if sparse and repeated else ""),
         ]
         floor = floor_table(cpu, sparse, mean_limit=1.10)
         if floor:

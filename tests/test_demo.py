@@ -10,6 +10,7 @@ and the paired statistics.
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -430,3 +431,30 @@ def test_results_md_is_what_make_results_renders_from_the_logs():
     assert committed == make_results.render(committed, plots=False), (
         "RESULTS.md is stale: run `python -m optax_lookahead_experiments.make_results`"
     )
+
+
+def test_results_notes_quote_intervals_that_their_section_tables_hold():
+    # The notes are written by hand, the tables rendered from the logs: an
+    # interval quoted in a note (and the mean just before it) must sit on one
+    # row of a table of the same section, so a note cannot outlive the
+    # figures it reads once more runs land.
+    from optax_lookahead_experiments import make_results
+
+    text = (make_results.ROOT / "RESULTS.md").read_text()
+    number = r"[+-]?\d+\.\d\d"
+    quoted = re.compile(
+        rf"(?:([+-]\d+\.\d\d)(?: points)?,?(?: interval)? )?\[({number}), ({number})\]"
+    )
+    start, checked = 0, 0
+    for block in make_results.NOTES.finditer(text):
+        tables = text[start : block.start()]
+        start = block.end()
+        rows = [line for line in tables.splitlines() if line.startswith("|")]
+        for mean, low, high in quoted.findall(" ".join(block.group(2).split())):
+            cells = [f"[{low}, {high}]"] + ([f"| {mean} |"] if mean else [])
+            assert any(all(c in row for c in cells) for row in rows), (
+                f"notes:{block.group(1)} quotes {mean} [{low}, {high}], which no"
+                " table row of its section holds: update the notes."
+            )
+            checked += 1
+    assert checked >= 8  # the IMDB readings quote their intervals

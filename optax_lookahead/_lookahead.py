@@ -121,9 +121,14 @@ def lookahead(
       params <- slow
 
     On the other steps the inner updates pass through unchanged and the slow
-    weights keep their values. The slow weights start from the params of the
-    first update, not from those given to ``init``, so params loaded or replaced
-    after building the optimizer state (``TrainState.create`` and then
+    weights keep their values. Put it last in a chain (gradient clipping goes
+    before it or inside it): a transformation after it, such as
+    ``optax.scale``, would change the updates that land the params on the slow
+    weights, and the two would part.
+
+    The slow weights start from the params of the first update, not from those
+    given to ``init``, so params loaded or replaced after building the
+    optimizer state (``TrainState.create`` and then
     ``.replace(params=pretrained)``) are the ones lookahead starts from.
     Replacing the params later, mid-training, keeps the slow weights: the next
     sync interpolates from them toward the new params. To start over from new

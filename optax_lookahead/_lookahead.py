@@ -52,8 +52,9 @@ class LookaheadState(NamedTuple):
         in ``inner_state``; an empty tuple for the other options.
       touched_rows: with an inner :func:`sparse_lazy`, a tree like the params
         holding for every leaf a ``TouchedRows`` record (rows along axis 0;
-        two int32 per row and their number) that lists the rows sparse updates
-        touched since the last sync: the only rows a sync has to move.
+        two int32 per row, their number, and a flag that a dense update sets)
+        that lists the rows sparse updates touched since the last sync: the
+        only rows a sync has to move, unless a dense update moved them all.
         ``None`` for other inner optimizers.
     """
 
@@ -268,20 +269,26 @@ def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
     inner_updates = jax.tree.map(_in_params_precision, inner_updates, params)
     alpha = _slow_step_size(config, state.step)
 
-    def land(updates, slow):
+    # Dense updates only (sparse ones were refused): with sparse_lazy inside,
+    # they may move any row, so the record asks the next sync for every row.
+    touched = state.touched_rows
+    if touched is not None:
+        touched = _touched_rows.note(touched, inner_updates)
+
+    def land(updates_and_touched, slow):
         """The updates that land the params on the new slow weights, and those."""
+        updates, touched = updates_and_touched
         fast = _rows.apply_sparse_updates(params, updates)
         target = jax.tree.map(functools.partial(_interpolate, alpha), slow, fast)
         if not _is_one(config.slow_step_size):
             updates = jax.tree.map(_difference, target, params, updates)
         # The slow weights: exactly the params the user's apply_updates gives.
-        return updates, _rows.apply_sparse_updates(params, updates)
+        slow = _rows.apply_sparse_updates(params, updates)
+        return (updates, _touched_rows.emptied(touched)), slow
 
-    updates, slow, inner_state, mirrors = _sync_if_due(
-        config, is_sync, state, alpha, land, inner_updates, slow, inner_state
+    (updates, touched), slow, inner_state, mirrors = _sync_if_due(
+        config, is_sync, state, alpha, land, (inner_updates, touched), slow, inner_state
     )
-    # Dense updates only: a sync here moves every row, so no row is noted.
-    touched = state.touched_rows
     return updates, _next_state(config, state, slow, inner_state, mirrors, touched)
 
 

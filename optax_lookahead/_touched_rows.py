@@ -16,6 +16,9 @@ whatever stale values the other slots hold, so a sync empties the record by
 setting ``num_touched`` to zero. Both cost and memory follow from that: a step
 and a sync do work in proportion to the ids, never to the table, for two
 int32 per row of state.
+
+A dense update of a table (a step given a dense gradient for it) may move any
+row, so it sets ``every_row``, and the next sync moves every row of that table.
 """
 
 from typing import NamedTuple
@@ -36,11 +39,14 @@ class TouchedRows(NamedTuple):
       slot_of_row: int32, one entry per table row: the index in ``ids`` of a
         touched row (entries of other rows are stale and mean nothing).
       num_touched: int32 scalar, the number of rows touched.
+      every_row: bool scalar, whether a dense update moved the table since the
+        last sync (then the sync moves every row, listed or not).
     """
 
     ids: jax.Array
     slot_of_row: jax.Array
     num_touched: jax.Array
+    every_row: jax.Array
 
 
 def _is_record(x) -> bool:
@@ -63,6 +69,7 @@ def init(params):
             ids=jnp.zeros((num_rows,), jnp.int32, device=sharding),
             slot_of_row=jnp.zeros((num_rows,), jnp.int32, device=sharding),
             num_touched=jnp.zeros((), jnp.int32, device=sharding),
+            every_row=jnp.zeros((), jnp.bool_, device=sharding),
         )
 
     return jax.tree.map(empty, params)
@@ -73,7 +80,7 @@ def note(touched, updates):
 
     def note_leaf(update, record):
         if not _rows.is_sparse(update):
-            return record
+            return record._replace(every_row=jnp.ones_like(record.every_row))
         num_rows = record.ids.shape[0]
         ids = _rows.clean_ids(update.ids, num_rows)  # padding: num_rows
         new = (ids < num_rows) & ~_listed(record, ids)
@@ -91,6 +98,7 @@ def note(touched, updates):
                 claimed, jnp.where(first, ids, num_rows), slot
             ),
             num_touched=record.num_touched + jnp.sum(first, dtype=jnp.int32),
+            every_row=record.every_row,
         )
 
     return jax.tree.map(note_leaf, updates, touched, is_leaf=_rows.is_sparse)
@@ -101,8 +109,9 @@ def sync(interpolate, touched, updates, fast, slow):
 
     ``interpolate(slow, fast)`` gives the new slow weights of a leaf (or of
     some of its rows). A leaf with sparse updates syncs only the rows its
-    record lists, gathered this step's number of ids at a time: one round when
-    the period touched no more rows than this step has ids, more otherwise.
+    record lists (every row, after a dense update), gathered this step's
+    number of ids at a time: one round when the period touched no more rows
+    than this step has ids, more otherwise.
     (A loop, not a ``lax.cond`` falling back to every row: XLA:CPU copies
     whole tables that a conditional passes through.)
     """
@@ -110,17 +119,20 @@ def sync(interpolate, touched, updates, fast, slow):
     def sync_leaf(update, record, fast, slow):
         if not _rows.is_sparse(update):
             slow = interpolate(slow, fast)
-            return slow, slow, record
+            return slow, slow, _emptied(record)
         num_rows = record.ids.shape[0]
         chunk = max(1, min(num_rows, update.ids.size))
+        # After a dense update, slot i stands for row i: every row is pending.
+        pending = jnp.where(record.every_row, num_rows, record.num_touched)
 
         def some_pending(carry):
-            return carry[0] < record.num_touched
+            return carry[0] < pending
 
         def sync_chunk(carry):
             start, fast, slow = carry
             slot = start + jnp.arange(chunk, dtype=jnp.int32)
-            ids = jnp.where(slot < record.num_touched, _get(record.ids, slot), num_rows)
+            row = jnp.where(record.every_row, slot, _get(record.ids, slot))
+            ids = jnp.where(slot < pending, row, num_rows)
             new = interpolate(
                 _rows.gather_rows(slow, ids), _rows.gather_rows(fast, ids)
             )
@@ -134,11 +146,7 @@ def sync(interpolate, touched, updates, fast, slow):
         _, fast, slow = jax.lax.while_loop(
             some_pending, sync_chunk, (start, fast, slow)
         )
-        return (
-            fast,
-            slow,
-            record._replace(num_touched=jnp.zeros_like(record.num_touched)),
-        )
+        return fast, slow, _emptied(record)
 
     structure = jax.tree.structure(slow)
     synced = map(
@@ -152,6 +160,18 @@ def sync(interpolate, touched, updates, fast, slow):
         jax.tree.unflatten(structure, leaves) for leaves in zip(*synced, strict=True)
     )
     return params, slow, touched
+
+
+def emptied(touched):
+    """Every record of ``touched`` (a tree of them, or None) emptied."""
+    return jax.tree.map(_emptied, touched, is_leaf=_is_record)
+
+
+def _emptied(record: TouchedRows) -> TouchedRows:
+    return record._replace(
+        num_touched=jnp.zeros_like(record.num_touched),
+        every_row=jnp.zeros_like(record.every_row),
+    )
 
 
 def _listed(record: TouchedRows, ids: jax.Array) -> jax.Array:

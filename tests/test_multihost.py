@@ -185,7 +185,7 @@ def trained(request):
 
 def assert_count_exact(got, want):
     for key, value in want.items():
-        if key.endswith((".count", ".step", ".num_touched")):
+        if key.endswith((".count", ".step", ".num_touched", ".every_row")):
             chex.assert_trees_all_equal(got[key], value)
 
 
@@ -258,7 +258,8 @@ def test_sparse_lazy_matches_one_process(trained):
                 for k, v in got.items()
                 if "touched_rows['embedding']." in k
             }
-            assert record.keys() == {"ids", "slot_of_row", "num_touched"}
+            assert record.keys() == {"ids", "slot_of_row", "num_touched", "every_row"}
+            assert not record["every_row"]
             assert np.all(record["ids"][: int(record["num_touched"])] < seen)
         for key, table in tables.items():
             start = initial if "params" in key or "slow" in key else 0 * initial

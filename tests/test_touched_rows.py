@@ -11,6 +11,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,17 +51,25 @@ def steps(sync_period, on_sync):
     )
 
 
-def run_both(ids_per_step, sync_period, on_sync="keep", seed=0, buffer=None):
+def run_both(
+    ids_per_step, sync_period, on_sync="keep", seed=0, buffer=None, dense_at=()
+):
     """Sparse and dense lookahead over the same id buffers; final states.
 
-    With ``buffer``, every step's ids are padded with -1 to that many.
+    With ``buffer``, every step's ids are padded with -1 to that many. At the
+    steps in ``dense_at`` both get a dense gradient for every row instead.
     """
     rng = np.random.default_rng(seed)
     params = {"embedding": jnp.asarray(rng.normal(size=(ROWS, DIM)), jnp.float32)}
     sparse_tx, dense_tx, sparse_step, dense_step = steps(sync_period, on_sync)
     sparse = (jax.tree.map(jnp.copy, params), sparse_tx.init(params))
     dense = (jax.tree.map(jnp.copy, params), dense_tx.init(params))
-    for ids in ids_per_step:
+    for step, ids in enumerate(ids_per_step):
+        if step in dense_at:
+            values = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+            grads = {"embedding": jnp.asarray(values)}
+            sparse, dense = sparse_step(*sparse, grads), dense_step(*dense, grads)
+            continue
         if buffer is not None:
             ids = list(ids) + [-1] * (buffer - len(ids))
         ids = np.asarray(ids, np.int32)
@@ -91,6 +100,45 @@ def test_equals_a_sync_of_every_row(ids_per_step, sync_period, seed):
     """Padding, repeats, ids past the end (buffers of one size: one compile)."""
     _, sparse, dense = run_both(ids_per_step, sync_period, seed=seed, buffer=25)
     assert_agree(sparse, dense)
+
+
+@pytest.mark.parametrize(
+    ("sync_period", "dense_at"), [(2, 0), (3, 0), (3, 1), (3, 3), (4, 2)]
+)
+def test_a_dense_step_makes_the_next_sparse_sync_move_every_row(sync_period, dense_at):
+    """A table's gradient may come dense at some step: every row moves then."""
+    ids = [[1, 5], [5, 9], [2], [7, 7], [0], [3, 8]][: 2 * sync_period]
+    _, sparse, dense = run_both(ids, sync_period, buffer=2, dense_at={dense_at})
+    assert_agree(sparse, dense)
+
+
+@given(
+    ids_per_step=id_buffers,
+    dense_at=st.sets(st.integers(0, 8), min_size=1),
+    sync_period=st.integers(1, 4),
+)
+def test_dense_and_sparse_steps_mixed_equal_a_sync_of_every_row(
+    ids_per_step, dense_at, sync_period
+):
+    _, sparse, dense = run_both(ids_per_step, sync_period, buffer=25, dense_at=dense_at)
+    assert_agree(sparse, dense)
+
+
+def test_dense_steps_through_tx_update_are_synced_by_a_sparse_sync():
+    # tx.update (dense gradients only) and the fused sparse step, mixed in one
+    # period: the sparse sync must also move the rows the dense step moved.
+    tx = lookahead(sparse_lazy(optax.sgd(1.0)), sync_period=2, slow_step_size=0.5)
+    params = {"embedding": jnp.zeros((4, 1))}
+    state = tx.init(params)
+    updates, state = tx.update({"embedding": jnp.ones((4, 1))}, state, params)
+    params = optax.apply_updates(params, updates)
+    grads = {"embedding": sparse_rows(jnp.array([0]), jnp.ones((1, 1)), num_rows=4)}
+    params, state = update_and_apply(tx, params, state, grads)
+    # Fast weights -2, -1, -1, -1; the slow weights move half way from 0.
+    want = jnp.array([[-1.0], [-0.5], [-0.5], [-0.5]])
+    chex.assert_trees_all_equal(params["embedding"], want)
+    chex.assert_trees_all_equal(slow_params(state)["embedding"], want)
+    assert not state.touched_rows["embedding"].every_row
 
 
 def test_a_period_that_touched_more_rows_than_one_round_takes_several():

@@ -8,7 +8,13 @@ holds only the branch that runs. It does so only for a state whose step is
 exactly the array the host read (the tracer of that argument): a state handed
 on inside the program (a second update in a loop, a ``lax.cond`` operand, a
 nested ``jax.jit``) gets ``None`` and the in-graph conditional, which is
-always right.
+always right. So does an update whose ``sync_period`` is traced
+(``optax.inject_hyperparams(lookahead)``).
+
+The step is read from :class:`Trace` when a trace runs, and ``jax.jit`` traces
+a program again for new static arguments or shapes: :func:`tracing` is
+therefore entered for every call, so that such a trace sees the step of the
+call that made it, not of the call that made the program.
 """
 
 import contextlib
@@ -27,6 +33,8 @@ class Trace:
     argument_steps: frozenset[int]
     # The sync periods of the updates that used ``step``.
     periods: set[int] = dataclasses.field(default_factory=set)
+    # The number of lookahead updates that could not use ``step``.
+    in_graph_updates: int = 0
     # The step counts those updates return, to tell the host which outputs
     # hold ``step``'s successor.
     next_steps: list[jax.Array] = dataclasses.field(default_factory=list)
@@ -51,7 +59,10 @@ def tracing(step: int, argument_steps):
 def known_phase(step: jax.Array, sync_period: int) -> tuple[bool, bool] | None:
     """``(first, sync)`` as Python bools where the host knows ``step``; else None."""
     trace = _CURRENT.get()
-    if trace is None or id(step) not in trace.argument_steps:
+    if trace is None:
+        return None
+    if id(step) not in trace.argument_steps or not isinstance(sync_period, int):
+        trace.in_graph_updates += 1
         return None
     trace.periods.add(sync_period)
     return trace.step == 0, trace.step % sync_period == sync_period - 1

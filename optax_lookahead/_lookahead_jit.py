@@ -53,8 +53,12 @@ def lookahead_jit(fun: Callable | None = None, /, *, jit=jax.jit, **jit_kwargs):
     step. One that runs on a state made inside ``fun`` (the second of two
     updates, a ``lax.scan`` over steps, ``optax.MultiSteps``, whose update runs
     inside a ``lax.cond``, or a ``jax.jit``-wrapped function called by ``fun``)
-    uses the in-graph conditionals instead: still right, but no faster. A
-    ``UserWarning`` says so when no update used the host's step.
+    uses the in-graph conditionals instead: still right, but no faster; so does
+    a lookahead whose ``sync_period`` is traced
+    (``optax.inject_hyperparams(lookahead)``). A ``UserWarning`` says so when
+    a trace holds such updates and none that used the host's step. Programs
+    that ``jit`` traces again (for new static arguments or shapes) use the
+    step of the call that traces them.
 
     Args:
       fun: the function to compile. With no ``fun``, returns a decorator:
@@ -116,14 +120,16 @@ class LookaheadJit:
         # id(step count array) -> (that array, its value): the counts the last
         # call returned, known on the host without asking the device.
         self._known: dict[int, tuple[Any, int]] = {}
+        # The step of the call running now: a program traces again for new
+        # static arguments or shapes, and such a trace must use this step.
+        self._step_of_call = 0
         functools.update_wrapper(self, fun)
 
     def __call__(self, *args, **kwargs):
         steps = _step_counts((args, kwargs))
         step = self._host_step(steps)
-        program = self._programs.get(self._phase(step))
-        if program is None:
-            program = self._compile(step)
+        program = self._programs.get(self._phase(step)) or self._compile()
+        self._step_of_call = step
         out = program.compiled(*args, **kwargs)
         # The first call of a program traces it, and tells its sync periods.
         if not program.periods <= self._periods:
@@ -141,30 +147,31 @@ class LookaheadJit:
         step costs. Needs a ``jit`` whose result has ``lower`` (``jax.jit``).
         """
         step = self._host_step(_step_counts((args, kwargs)))
-        program = self._programs.get(self._phase(step)) or self._compile(step)
+        program = self._programs.get(self._phase(step)) or self._compile()
+        self._step_of_call = step
         return program.compiled.lower(*args, **kwargs)
 
     def _phase(self, step: int):
         return step == 0, tuple(step % k == k - 1 for k in sorted(self._periods))
 
-    def _compile(self, step: int) -> "_Program":
+    def _compile(self) -> "_Program":
         program = _Program()
 
         @functools.wraps(self._fun)  # jit reads argument names from it
         def traced(*args, **kwargs):
             steps = _step_counts((args, kwargs))
-            with _host_step.tracing(step, steps) as trace:
+            with _host_step.tracing(self._step_of_call, steps) as trace:
                 out = self._fun(*args, **kwargs)
-            if not trace.periods:
+            if trace.in_graph_updates and not trace.periods:
                 warnings.warn(
                     "lookahead_jit: no lookahead update in the function used the"
                     " step count read on the host, so every program keeps the"
                     " in-graph sync (right, but no faster than jax.jit). Update"
                     " a LookaheadState passed in as an argument, in a function"
-                    " that is not itself wrapped in jax.jit.",
+                    " that is not itself wrapped in jax.jit, with a sync_period"
+                    " that is not traced (optax.inject_hyperparams traces it).",
                     stacklevel=3,
                 )
-            program.periods = frozenset(trace.periods)
             passed_in = {id(leaf) for leaf in steps}
             returned = [
                 leaf
@@ -172,7 +179,11 @@ class LookaheadJit:
                 if id(leaf) not in passed_in
             ]
             successors = {id(leaf) for leaf in trace.next_steps}
-            program.advances_one = bool(returned) and all(
+            # jit keeps one trace per static arguments and shapes, and a call
+            # does not say which one it runs: what the program knows must
+            # hold for every trace.
+            program.periods |= trace.periods
+            program.advances_one &= bool(returned) and all(
                 id(leaf) in successors for leaf in returned
             )
             return out
@@ -217,11 +228,13 @@ class LookaheadJit:
 
 
 class _Program:
-    """One compiled phase, and what its trace found."""
+    """One compiled phase, and what its traces found."""
 
     compiled: Any  # what `jit` returned: jax.jit gives one with .lower
+    # The sync periods of the updates that used the host's step, in any trace.
     periods: frozenset[int] = frozenset()
-    advances_one: bool = False
+    # Whether every trace returns the step counts passed in plus one.
+    advances_one: bool = True
 
 
 def _step_counts(tree) -> list:
@@ -244,6 +257,14 @@ def _read(step) -> int:
         raise ValueError(
             "lookahead_jit: called inside a traced function (jax.jit, vmap, a"
             " loop): it chooses its program on the host, so call it from Python."
+        )
+    if not isinstance(step, jax.Array | np.ndarray | np.generic | int):
+        raise ValueError(
+            "lookahead_jit: the lookahead state's step count is"
+            f" {type(step).__name__}, not an array, so it has no value to choose"
+            " the program by (an abstract jax.ShapeDtypeStruct, in .lower). Pass"
+            " a concrete state, or lower jax.jit(fun) for the program that"
+            " keeps the in-graph sync."
         )
     if isinstance(step, jax.Array) and not step.is_fully_addressable:
         step = step.addressable_data(0)

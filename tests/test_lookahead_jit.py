@@ -166,6 +166,83 @@ def test_a_state_built_inside_the_function_falls_back_to_in_graph():
     assert_trees_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("donate", [False, True])
+def test_a_static_flag_that_skips_the_update_keeps_the_period(donate):
+    """Gradient accumulation by hand: jit keeps one trace per flag value in a
+    program, so what the program learns about the step must hold for both."""
+    tx = lookahead(optax.sgd(1.0), sync_period=4, slow_step_size=0.5)
+
+    def micro_step(carry, grad, apply):
+        params, state, accumulated = carry
+        accumulated = accumulated + grad
+        if apply:
+            updates, state = tx.update(accumulated, state, params)
+            params = optax.apply_updates(params, updates)
+            accumulated = jnp.zeros_like(accumulated)
+        return params, state, accumulated
+
+    def run(jit):
+        kwargs = {"static_argnums": 2} | ({"donate_argnums": 0} if donate else {})
+        step = jit(micro_step, **kwargs)
+        params = jnp.array([0.0])
+        carry = (params, tx.init(params), jnp.zeros(1))
+        history = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a trace with no update is no misuse
+            for _ in range(8):
+                carry = step(carry, jnp.array([1.0]), False)
+                carry = step(carry, jnp.array([1.0]), True)
+                now = (carry[0], slow_params(carry[1]), carry[1].step)
+                history.append(jax.tree.map(np.asarray, now))  # before donation
+        return history
+
+    assert_trees_close(run(lookahead_jit), run(jax.jit), rtol=0, atol=0)
+
+
+def test_a_new_sync_period_traced_mid_training_syncs_on_its_own_period():
+    # One step function, the optimizer static; the second optimizer's period
+    # is first met at a step (5) whose phase differs from the cached program's.
+    step, reference = (
+        jit(update_and_apply, static_argnums=0) for jit in (lookahead_jit, jax.jit)
+    )
+    grads = jnp.array([1.0])
+    tx_a = lookahead(optax.sgd(1.0), sync_period=2, slow_step_size=0.5)
+    params, state = jnp.array([0.0]), tx_a.init(jnp.array([0.0]))
+    for _ in range(2):
+        params, state = step(tx_a, params, state, grads)
+    tx_b = lookahead(optax.sgd(1.0), sync_period=3, slow_step_size=0.5)
+    state = tx_b.init(jnp.array([10.0]))
+    state = state._replace(step=jnp.asarray(5, jnp.int32), slow=jnp.array([12.0]))
+    got = step(tx_b, jnp.array([10.0]), state, grads)
+    want = reference(tx_b, jnp.array([10.0]), state, grads)
+    assert_trees_close(got, want, rtol=0, atol=0)
+    assert float(got[0][0]) == 10.5  # a sync: from 12 half way to 9
+
+
+def test_a_traced_sync_period_uses_the_in_graph_sync():
+    make = optax.inject_hyperparams(
+        lookahead, static_args=("inner_state_on_sync", "sync_staging")
+    )
+    tx = make(optax.sgd(1.0), sync_period=2, slow_step_size=0.5)
+    params, grad_fn, _, _ = quadratic_problem([(3,)], 6)
+    ours = theirs = (params, tx.init(params))
+    fast, reference = lookahead_jit(plain_step(tx)), jax.jit(plain_step(tx))
+    with pytest.warns(UserWarning, match="inject_hyperparams"):
+        for _ in range(5):
+            ours = fast(*ours, grad_fn(ours[0]))
+            theirs = reference(*theirs, grad_fn(theirs[0]))
+    assert_trees_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_lower_with_an_abstract_state_names_the_fix():
+    tx = lookahead(adam(), sync_period=2)
+    params = jnp.zeros(3)
+    abstract = jax.eval_shape(lambda: (params, tx.init(params), params))
+    with pytest.raises(ValueError, match="ShapeDtypeStruct.*jax.jit"):
+        lookahead_jit(plain_step(tx)).lower(*abstract)
+    jax.jit(plain_step(tx)).lower(*abstract)  # what the message points to
+
+
 def test_a_jitted_function_inside_falls_back_to_in_graph():
     tx = lookahead(adam(), sync_period=3)
     params, grad_fn, _, _ = quadratic_problem([(3,)], 4)

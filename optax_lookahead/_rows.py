@@ -331,6 +331,7 @@ def gather_rows(table: jax.Array, ids) -> jax.Array:
              [0., 0.],
              [0., 0.]], dtype=float32)
     """
+    table = jnp.asarray(table)  # NumPy tables too (a restored checkpoint)
     ids = clean_ids(ids, table.shape[0], "gather_rows(ids=...)")
     out_sharding = _gather_sharding(ids, table)
     if out_sharding is None:  # jax versions without explicit meshes lack the kwarg
@@ -340,6 +341,7 @@ def gather_rows(table: jax.Array, ids) -> jax.Array:
 
 def scatter_rows(table: jax.Array, ids: jax.Array, rows: jax.Array) -> jax.Array:
     """``table`` with ``table[ids] = rows``; ids outside the table are dropped."""
+    table = jnp.asarray(table)
     ids = clean_ids(ids, table.shape[0])
     return table.at[ids].set(
         rows.astype(table.dtype), mode="drop", **keep_layout(table)
@@ -352,7 +354,10 @@ def apply_sparse_updates(params, updates):
     A sparse leaf adds its rows in place (``param.at[ids].add``; padding ids
     dropped, repeated ids added up), so under ``jax.jit`` with the params
     donated the cost follows the number of rows, not the size of the table.
-    Dense leaves are applied as ``optax.apply_updates`` does.
+    Dense leaves are applied as ``optax.apply_updates`` does, and so are the
+    rows of a table narrower than its updates (bfloat16 params, float32
+    updates): each row's sum is rounded once, to the same bits as
+    ``optax.apply_updates`` of the dense update.
 
     Args:
       params: the params.
@@ -384,7 +389,14 @@ def apply_sparse_updates(params, updates):
         if param is None:
             return None
         if is_sparse(update):
+            param = jnp.asarray(param)  # NumPy params too (a restored checkpoint)
             rows = checked_rows(update, param, jax.tree_util.keystr(path))
+            if _narrower(param, rows.values):
+                # Adding in the table's dtype would round the update, then the
+                # sum: sum each row once in the wider dtype, round once.
+                rows = coalesce(rows, param.shape[0])
+                new_rows = add_update(gather_rows(param, rows.ids), rows.values)
+                return scatter_rows(param, rows.ids, new_rows)
             return param.at[rows.ids].add(
                 rows.values.astype(param.dtype), mode="drop", **keep_layout(param)
             )
@@ -401,6 +413,13 @@ def apply_sparse_updates(params, updates):
             "apply_sparse_updates: updates and params must have the same tree"
             f" structure: {error}"
         ) from None
+
+
+def _narrower(param: jax.Array, update: jax.Array) -> bool:
+    """Whether ``param`` is a float of fewer bits than the float ``update``."""
+    return all(jnp.issubdtype(x.dtype, jnp.floating) for x in (param, update)) and (
+        jnp.finfo(param.dtype).bits < jnp.finfo(update.dtype).bits
+    )
 
 
 def add_update(param, update) -> jax.Array:

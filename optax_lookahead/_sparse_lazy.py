@@ -52,6 +52,10 @@ def sparse_lazy(inner: optax.GradientTransformation) -> _rows.SparseTransformati
     Ids outside the table are padding and dropped; repeated ids in a
     hand-built :class:`SparseRows` are summed first, as the dense gradient
     would hold them; a ``num_rows`` recorded in the rows must equal the table's.
+    The state keeps its dtypes: the new state rows are written back in the
+    dtype of the state leaf (optax's Adam run densely on bfloat16 params with
+    float32 gradients turns its moments into float32 after the first step, so
+    there the two paths differ by the rounding of the moments).
 
     ``inner`` must treat rows independently (elementwise or per-row state):
     Adam, AdamW (decay reaches sampled rows only), SGD with momentum, Adagrad,

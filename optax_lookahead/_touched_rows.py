@@ -182,4 +182,4 @@ def _listed(record: TouchedRows, ids: jax.Array) -> jax.Array:
 
 def _get(vector: jax.Array, index: jax.Array) -> jax.Array:
     """``vector[index]``, with -1 where the index is outside the vector."""
-    return vector.at[index].get(mode="fill", fill_value=-1)
+    return jnp.asarray(vector).at[index].get(mode="fill", fill_value=-1)

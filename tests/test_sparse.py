@@ -678,3 +678,48 @@ def test_random_id_buffers_step_like_the_dense_oracle(
     np.testing.assert_array_equal(
         sparse[np.array(unsampled, int)], table[np.array(unsampled, int)]
     )
+
+
+@pytest.mark.parametrize("table_dtype", [jnp.bfloat16, jnp.float16])
+def test_rows_of_a_narrower_table_are_rounded_once_as_optax_apply_updates(
+    table_dtype,
+):
+    # float32 updates on a 16-bit table: adding in the table's dtype would
+    # round each update and then the sum; the dense path rounds the sum once.
+    rng = np.random.default_rng(3)
+    table = jnp.asarray(rng.normal(size=(ROWS, 64)), table_dtype)
+    ids = np.concatenate([rng.permutation(ROWS)[:40], [7, 7, -1, ROWS]])
+    values = (rng.normal(size=(ids.size, 64)) * 1e-2).astype(np.float32)
+    rows = SparseRows(jnp.asarray(ids), jnp.asarray(values), ROWS)
+    with jax.numpy_dtype_promotion("standard"):  # optax's own needs it
+        want = optax.apply_updates(table, dense_gradient(ids, values, ROWS))
+    for apply in (apply_sparse_updates, jax.jit(apply_sparse_updates)):
+        got = apply(table, rows)
+        assert got.dtype == table_dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize(
+    "make_tx", [sparse_lazy, lambda inner: lookahead(sparse_lazy(inner), 2)]
+)
+def test_numpy_params_and_state_of_a_restored_checkpoint(make_tx):
+    # flax.serialization.from_bytes gives back NumPy arrays; eager steps on
+    # them must equal the steps on the JAX arrays they were saved from.
+    from flax import serialization
+
+    tx = make_tx(adam())
+    params = {"embedding": jnp.arange(1.0 * ROWS * DIM).reshape(ROWS, DIM)}
+    saved = (params, tx.init(params))
+    restored = serialization.from_bytes(saved, serialization.to_bytes(saved))
+    assert isinstance(restored[0]["embedding"], np.ndarray)
+    ours, theirs = restored, saved
+    for ids in ([1, 3, -1], [3, 8, 8], [0, 1, 2]):
+        rows = sparse_rows(jnp.asarray(ids), jnp.ones((3, DIM)), ROWS)
+        ours = update_and_apply(tx, *ours, {"embedding": rows})
+        theirs = update_and_apply(tx, *theirs, {"embedding": rows})
+    chex.assert_trees_all_equal(ours, theirs)
+    table = np.asarray(restored[0]["embedding"])
+    chex.assert_trees_all_equal(
+        gather_rows(table, jnp.array([2, -1])),
+        gather_rows(params["embedding"], jnp.array([2, -1])),
+    )

@@ -389,6 +389,16 @@ def _check_step_inputs(updates, state, params) -> None:
                     f" {want}. Initialise the optimizer state (tx.init) with the"
                     " params you train."
                 )
+            dtype, slow_dtype = jnp.result_type(leaf), jnp.result_type(slow)
+            if name == "params" and dtype != slow_dtype:
+                raise ValueError(
+                    f"lookahead: params{jax.tree_util.keystr(path)} has dtype"
+                    f" {dtype}, but the optimizer state was initialised for"
+                    f" {slow_dtype}: the slow weights keep the dtype of the"
+                    " params given to init. Initialise the optimizer state"
+                    " (tx.init) with the params you train, in the dtype you"
+                    " train them in."
+                )
 
 
 def _slow_from_first_params(config: LookaheadConfig, first, state, params):

@@ -1,5 +1,7 @@
 """Every bad input gets an error that names the argument and what was wrong."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from optax_lookahead import (
     lazy_mask,
     lookahead,
+    lookahead_jit,
     slow_params,
     sparse_lazy,
     sparse_rows,
@@ -177,6 +180,20 @@ def test_update_with_other_shapes_than_init(sync_staging):
         tx.update(jnp.ones(5), state, jnp.ones(5))
     with pytest.raises(ValueError, match=r"updates has shape \(5,\)"):
         update_and_apply(tx, jnp.ones(5), state, jnp.ones(5))
+
+
+@pytest.mark.parametrize("step", ["eager", "jit", "lookahead_jit"])
+def test_params_in_another_dtype_than_init_are_refused(step):
+    # Mixed precision set up after init: the slow weights keep init's dtype.
+    tx = lookahead(optax.sgd(0.1), sync_period=2)
+    state = tx.init({"w": jnp.ones(2, jnp.float32)})
+    params = {"w": jnp.ones(2, jnp.bfloat16)}
+    run = partial(update_and_apply, tx)
+    run = {"eager": run, "jit": jax.jit(run), "lookahead_jit": lookahead_jit(run)}
+    with pytest.raises(ValueError, match=r"params\['w'\] has dtype bfloat16.*float32"):
+        run[step](params, state, {"w": jnp.ones(2, jnp.bfloat16)})
+    # Gradients in a narrower dtype than the params are fine.
+    run[step]({"w": jnp.ones(2)}, state, {"w": jnp.ones(2, jnp.bfloat16)})
 
 
 def test_update_with_another_tree_than_init():

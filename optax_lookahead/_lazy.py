@@ -151,7 +151,7 @@ def lazy_mask(
 
     def init_fn(params):
         inner_state = inner.init(params)
-        if _is_placeholder(params):  # optax.tree.map_params asks for the layout
+        if _state_tree.is_layout_probe(params):
             return LazyMaskState(inner_state=inner_state)
         _lookahead_in_tree.check_no_lookahead_inside("lazy_mask", inner_state)
         selected = _selection(mask, params)
@@ -207,18 +207,6 @@ def _keep_unsampled_rows(new, old, rows):
     if rows is None:  # the param is not a selected table
         return new
     return jnp.where(_rows.broadcast_rows(rows, new), new, old)
-
-
-def _is_placeholder(params) -> bool:
-    """Whether ``params`` is optax's layout probe rather than real params.
-
-    ``optax.tree.map_params`` calls ``init`` with an empty custom node to find
-    the state's layout. Real params with no leaves are an empty dict, list or
-    tuple (or None), and are refused by the mask check.
-    """
-    return not jax.tree.leaves(params) and not isinstance(
-        params, (dict, list, tuple, type(None))
-    )
 
 
 def _selected_tables(selected, params):

@@ -389,8 +389,10 @@ def _check_step_inputs(updates, state, params) -> None:
                     f" {want}. Initialise the optimizer state (tx.init) with the"
                     " params you train."
                 )
+            if name != "params":  # gradients may be narrower than the params
+                continue
             dtype, slow_dtype = jnp.result_type(leaf), jnp.result_type(slow)
-            if name == "params" and dtype != slow_dtype:
+            if dtype != slow_dtype:
                 raise ValueError(
                     f"lookahead: params{jax.tree_util.keystr(path)} has dtype"
                     f" {dtype}, but the optimizer state was initialised for"

@@ -152,6 +152,18 @@ def restart_keeping_schedules(state, fresh):
     return jax.tree.map(pick, state, fresh, is_leaf=is_special)
 
 
+def is_layout_probe(params) -> bool:
+    """Whether ``params`` is optax's layout probe rather than real params.
+
+    ``optax.tree.map_params`` calls ``init`` with an empty custom node to find
+    which parts of the state mirror the params. Real params with no leaves are
+    an empty dict, list or tuple (or None).
+    """
+    return not jax.tree.leaves(params) and not isinstance(
+        params, (dict, list, tuple, type(None))
+    )
+
+
 def place_counters_like_params(state, params):
     """Puts eagerly created scalar leaves of ``state`` on the params' mesh.
 

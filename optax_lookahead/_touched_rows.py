@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from optax_lookahead import _rows
+from optax_lookahead import _rows, _state_tree
 
 
 class TouchedRows(NamedTuple):
@@ -53,8 +53,24 @@ def _is_record(x) -> bool:
     return isinstance(x, TouchedRows)
 
 
+class _Bookkeeping:
+    """What ``init`` gives optax's layout probe: one leaf, not params-like."""
+
+    def __repr__(self):
+        return "<touched rows: bookkeeping, not a copy of the params>"
+
+
 def init(params):
-    """No row touched yet: an empty record for every leaf (rows along axis 0)."""
+    """No row touched yet: an empty record for every leaf (rows along axis 0).
+
+    The record is built leaf by leaf from the params, but it is bookkeeping,
+    not a mirror of them: to ``optax.tree.map_params`` (which calls ``init``
+    with a placeholder for the params) it shows one leaf that is not params,
+    so ``transform_non_params`` receives the whole record, and the README's
+    recipe for sharded states replicates it.
+    """
+    if _state_tree.is_layout_probe(params):
+        return _Bookkeeping()
 
     def empty(param):
         # Replicated on the param's mesh: eight bytes per row are small, and

@@ -622,3 +622,25 @@ def test_lookahead_jit_on_sharded_params_keeps_shardings_and_donates():
         assert old_params["embedding"].is_deleted()
     assert_trees_close((params, state), theirs, rtol=1e-6, atol=1e-7)
     assert_state_follows_params(tx, state, params)
+
+
+def test_the_readme_recipe_shards_the_state_of_a_sparse_lookahead():
+    # optax.tree.map_params must see the touched-rows record as bookkeeping
+    # (replicated), not as a copy of the params.
+    mesh = jax.make_mesh((8,), ("rows",), axis_types=(AxisType.Auto,))
+    by_rows = NamedSharding(mesh, P("rows", None))
+    params = {"embedding": jax.device_put(init_params()["embedding"], by_rows)}
+    tx = lookahead(sparse_lazy(standard_promotion(optax.adam(0.05))), sync_period=2)
+    shardings = state_shardings_like(tx, params, mesh)
+    state = jax.jit(tx.init, out_shardings=shardings)(params)
+    chex.assert_trees_all_equal(state, tx.init(params))
+    for leaf in (state.slow, *moments(state)):
+        assert leaf["embedding"].sharding.is_equivalent_to(by_rows, 2)
+    for leaf in jax.tree.leaves(state.touched_rows):
+        assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, P()), leaf.ndim)
+    step = jax.jit(update_and_apply, static_argnums=0)
+    ids = jnp.array([3, -1, VOCAB - 1])
+    grads = {"embedding": sparse_rows(ids, jnp.ones((3, DIM)), VOCAB)}
+    for _ in range(2):
+        params, state = step(tx, params, state, grads)
+    assert params["embedding"].sharding.is_equivalent_to(by_rows, 2)

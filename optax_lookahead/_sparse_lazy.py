@@ -206,7 +206,9 @@ def _check_row_wise(inner, rows, params, probed: set) -> None:
     leaves to at most 4 per axis, float32, random) with 2 of the 4 rows sampled,
     once densely (then keeping the unsampled rows, as
     ``lazy_mask(freeze_state=True)`` would) and once on the gathered rows, and
-    compares. Runs once per tree signature, at trace time, on the host.
+    compares; at unit scale, with gradients 1000 times larger and with params
+    1000 times smaller, so that thresholds on a whole table's statistics act.
+    Compiles once per tree signature, at trace time, and runs on the host.
     """
     sparse = jax.tree.map(lambda r: r is not None, rows, is_leaf=_is_sparse_or_none)
     signature = (
@@ -284,9 +286,28 @@ def _probe_differs(inner, sparse, params):
     # Compiled and called directly: it runs now, also while an outer jit traces.
     inputs = (stand_ins, warm_grads, grads)
     compiled = jax.jit(both_ways).lower(*inputs).compile()
-    # On the host as NumPy arrays: jnp operations here would join the trace.
-    outputs = jax.tree.map(np.asarray, compiled(*inputs))
-    dense_updates, dense_state, row_updates, row_state = outputs
+
+    # Thresholds (clip_by_block_rms, adaptive_grad_clip) act on whole tables
+    # only at some scales: run at unit scale, with large gradients, and with
+    # small params.
+    def scaled(tree, factor):  # NumPy arrays: jnp operations would join the trace
+        return jax.tree.map(lambda x: x * np.float32(factor), tree)
+
+    for param_scale, grad_scale in ((1.0, 1.0), (1.0, 1e3), (1e-3, 1.0)):
+        outputs = compiled(
+            scaled(stand_ins, param_scale),
+            scaled(warm_grads, grad_scale),
+            scaled(grads, grad_scale),
+        )
+        outputs = jax.tree.map(np.asarray, outputs)  # on the host, as above
+        differs = _first_difference(sparse, ids, *outputs)
+        if differs:
+            return differs
+    return None
+
+
+def _first_difference(sparse, ids, dense_updates, dense_state, row_updates, row_state):
+    """The name of a leaf where the dense and row steps differ, or None."""
 
     def close(a, b):
         return np.allclose(a, b, rtol=1e-4, atol=1e-6)

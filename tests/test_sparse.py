@@ -464,6 +464,12 @@ NOT_ROW_WISE = {
         optax.scale_by_adam(), optax.scale_by_trust_ratio()
     ),
     "muon": lambda: optax.contrib.muon(0.1),
+    # Thresholds that unit-scale stand-ins never reach: the probe must also
+    # try large gradients and small params.
+    "block_rms_10": lambda: optax.chain(optax.clip_by_block_rms(10.0), optax.sgd(1)),
+    "adaptive_clip_10": lambda: optax.chain(
+        optax.adaptive_grad_clip(10.0), optax.sgd(1.0)
+    ),
 }
 
 

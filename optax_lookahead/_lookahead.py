@@ -168,7 +168,8 @@ def lookahead(
           ``optax.lookahead(reset_state=True)``. Unlike that, learning-rate
           schedules keep running: the counts of ``optax.scale_by_schedule``
           (used by optax optimizers given a schedule) and of
-          ``optax.inject_hyperparams`` are kept.
+          ``optax.inject_hyperparams`` are kept, and so is the state of
+          ``optax.contrib.reduce_on_plateau``.
         - ``"pullback"``: the Lookahead authors' "pullback" momentum: each part
           of the inner state that mirrors the params (momenta, Adam's two
           moments) moves toward its value at the previous sync as the weights

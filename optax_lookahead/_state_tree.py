@@ -125,7 +125,11 @@ def _map_whole_mirrors(inner, fn, state):
 
 # State types that drive learning-rate schedules. A restart of the inner
 # optimizer's statistics keeps them, so that schedules keep running.
-_SCHEDULE_STATES = (optax.ScaleByScheduleState,)
+# Learning-rate schedules, by step or (reduce_on_plateau) by the loss.
+_SCHEDULE_STATES = (
+    optax.ScaleByScheduleState,
+    optax.contrib.ReduceLROnPlateauState,
+)
 _INJECTED_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 
 
@@ -135,8 +139,9 @@ def restart_keeping_schedules(state, fresh):
     Everything ``init`` creates starts over (moments, and step counts such as
     Adam's, so bias correction restarts too), except the counts that drive
     learning-rate schedules: ``optax.scale_by_schedule``'s (used by optax
-    optimizers given a schedule) and ``optax.inject_hyperparams``' count and
-    hyperparameters.
+    optimizers given a schedule), ``optax.inject_hyperparams``' count and
+    hyperparameters, and ``optax.contrib.reduce_on_plateau``'s scale and
+    patience.
     """
 
     def pick(old, new):

@@ -213,6 +213,30 @@ def test_reset_keeps_inject_hyperparams_count():
     np.testing.assert_array_equal(state.inner_state.inner_state[0].trace, 1.0)
 
 
+def test_reset_keeps_the_scale_that_reduce_on_plateau_reached():
+    # A plateau's learning-rate scale is a schedule driven by the loss, not a
+    # statistic of the gradients: a sync must not undo its reductions. The
+    # oracle is the inner optimizer alone, whose scales depend on the losses.
+    inner = optax.chain(
+        optax.sgd(1.0), optax.contrib.reduce_on_plateau(factor=0.5, patience=1)
+    )
+    tx = lookahead(inner, sync_period=2, inner_state_on_sync="reset")
+
+    def scales(tx):
+        params, state, seen = jnp.zeros(2), tx.init(jnp.zeros(2)), []
+        with jax.numpy_dtype_promotion("standard"):  # reduce_on_plateau needs it
+            for loss in range(8):  # never improves
+                updates, state = tx.update(
+                    jnp.ones(2), state, params, value=jnp.asarray(float(loss))
+                )
+                params = optax.apply_updates(params, updates)
+                seen.append(float(optax.tree.get(state, "scale")))
+        return seen
+
+    assert scales(tx) == scales(inner)
+    assert len(set(scales(inner))) >= 3  # reduced more than once
+
+
 def test_reset_restarts_adam_bias_correction(sync_staging):
     params, grad_fn, np_grad_fn, np_params = quadratic_problem([(3,)], seed=4)
     tx = lookahead(

@@ -11,10 +11,9 @@ nested ``jax.jit``) gets ``None`` and the in-graph conditional, which is
 always right. So does an update whose ``sync_period`` is traced
 (``optax.inject_hyperparams(lookahead)``).
 
-The step is read from :class:`Trace` when a trace runs, and ``jax.jit`` traces
-a program again for new static arguments or shapes: :func:`tracing` is
-therefore entered for every call, so that such a trace sees the step of the
-call that made it, not of the call that made the program.
+``jax.jit`` traces a program again for new static arguments or shapes, at a
+later call than the one that made the program; :func:`tracing` is therefore
+given the step of the call that is running when the trace happens.
 """
 
 import contextlib

@@ -55,14 +55,15 @@ class LookaheadState(NamedTuple):
         two int32 per row, their number, and a flag that a dense update sets)
         that lists the rows sparse updates touched since the last sync: the
         only rows a sync has to move, unless a dense update moved them all.
-        ``None`` for other inner optimizers.
+        An empty tuple for other inner optimizers (not ``None``, so that
+        ``flax.serialization`` refuses to restore one kind into the other).
     """
 
     step: jax.Array
     slow: optax.Params
     inner_state: optax.OptState
     mirrors_at_sync: tuple = ()
-    touched_rows: optax.Params | None = None  # a tree of TouchedRows
+    touched_rows: optax.Params = ()  # a tree of TouchedRows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +254,7 @@ def _init(config: LookaheadConfig, params) -> LookaheadState:
         slow=jax.tree.map(_copy, params),
         inner_state=inner_state,
         mirrors_at_sync=mirrors,
-        touched_rows=_touched_rows.init(params) if _is_sparse(config) else None,
+        touched_rows=_touched_rows.init(params) if _is_sparse(config) else (),
     )
     return _state_tree.place_counters_like_params(state, params)
 
@@ -273,7 +274,7 @@ def _update(config: LookaheadConfig, updates, state, params=None, **extra_args):
     # Dense updates only (sparse ones were refused): with sparse_lazy inside,
     # they may move any row, so the record asks the next sync for every row.
     touched = state.touched_rows
-    if touched is not None:
+    if _is_sparse(config):
         touched = _touched_rows.note(touched, inner_updates)
 
     def land(updates_and_touched, slow):
@@ -304,7 +305,7 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
     )
     fast = _rows.apply_sparse_updates(params, inner_updates)
     touched = state.touched_rows
-    if touched is not None:
+    if _is_sparse(config):
         touched = _touched_rows.note(touched, inner_updates)
     alpha = _slow_step_size(config, state.step)
     interpolate = functools.partial(
@@ -314,7 +315,7 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
     def land(fast_and_touched, slow):
         """The params on the new slow weights, and those; rows touched reset."""
         fast, touched = fast_and_touched
-        if touched is None:
+        if not _is_sparse(config):
             slow = interpolate(slow, fast)
             return (slow, None), slow
         params, slow, touched = _touched_rows.sync(

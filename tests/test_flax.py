@@ -218,6 +218,23 @@ def test_checkpoint_of_another_optimizer_structure_fails_clearly(
         serialization.from_bytes(state(restored), serialization.to_bytes(state(saved)))
 
 
+def test_checkpoint_of_a_sparse_lookahead_is_refused_for_a_dense_one():
+    # Their states differ only in touched_rows: a record per table, or ().
+    from optax_lookahead import lazy_mask, sparse_lazy
+
+    params = {"embedding": jnp.ones((5, 2))}
+    grads = {"embedding": jnp.ones((5, 2))}
+
+    def state(inner):
+        tx = lookahead(inner(optax.adam(1e-2)))
+        return TrainState.create(apply_fn=None, params=params, tx=tx)
+
+    for saved, restored in [(sparse_lazy, lazy_mask), (lazy_mask, sparse_lazy)]:
+        saved_bytes = serialization.to_bytes(state(saved).apply_gradients(grads=grads))
+        with pytest.raises(ValueError, match="opt_state/touched_rows"):
+            serialization.from_bytes(state(restored), saved_bytes)
+
+
 def test_slow_train_state_needs_a_lookahead():
     state = TrainState.create(
         apply_fn=None, params={"w": jnp.ones(2)}, tx=optax.adam(0.1)

@@ -198,7 +198,7 @@ def test_note_lists_each_touched_row_once_whatever_the_ids(periods):
 
 def test_dense_inner_optimizers_keep_no_record():
     state = lookahead(adam()).init({"w": jnp.zeros((4, 2))})
-    assert state.touched_rows is None
+    assert state.touched_rows == ()
 
 
 def test_the_sync_program_moves_no_whole_table():

@@ -71,7 +71,8 @@ def lazy_mask(
     a row vector per table, so every device masks the same rows. Under ``jit``
     with sharded global arrays nothing is needed.
 
-    With ``optax.MultiSteps``, the wrapped optimizer runs once per
+    With ``optax.MultiSteps`` (outside, ``optax.MultiSteps(lazy_mask(...))``:
+    the other order is refused at ``init``), the wrapped optimizer runs once per
     ``every_k_schedule`` micro-batches, on the accumulated gradient, and sees
     only the extra arguments of the last micro-batch. Detection from the
     gradient (the default) then sees every micro-batch's rows; explicit
@@ -113,7 +114,8 @@ def lazy_mask(
       TypeError: if ``inner`` is missing or not an optax transformation, or
         ``freeze_state`` is not a bool.
       ValueError: if ``inner`` is a :func:`lookahead` (the order is reversed), or,
-        at ``init``, if the mask does not match the params, selects nothing or
+        at ``init``, if ``inner`` holds an ``optax.MultiSteps`` or a
+        lookahead, if the mask does not match the params, selects nothing or
         a scalar, or ``freeze_state=True`` meets an optimizer whose state does
         not hold one row per table row.
 
@@ -154,6 +156,7 @@ def lazy_mask(
         if _state_tree.is_layout_probe(params):
             return LazyMaskState(inner_state=inner_state)
         _lookahead_in_tree.check_no_lookahead_inside("lazy_mask", inner_state)
+        _check_no_multisteps_inside(inner_state)
         selected = _selection(mask, params)
         if freeze_state:
             _state_tree.check_state_holds_rows(
@@ -200,6 +203,19 @@ def _mask_rows(update, rows):
         return update
     # A select, not a multiply: 0 * NaN momentum would still be NaN.
     return jnp.where(_rows.broadcast_rows(rows, update), update, 0)
+
+
+def _check_no_multisteps_inside(inner_state) -> None:
+    """Refuses ``lazy_mask(optax.MultiSteps(...))``, found from its state."""
+    is_multisteps = lambda x: isinstance(x, optax.MultiStepsState)
+    if any(map(is_multisteps, jax.tree.leaves(inner_state, is_leaf=is_multisteps))):
+        raise ValueError(
+            "lazy_mask is wrapped around an optax.MultiSteps: it would mask the"
+            " accumulated update with the rows of the last micro-batch only, so"
+            " rows sampled in earlier micro-batches would never move. Put"
+            " MultiSteps outside: optax.MultiSteps(lazy_mask(optax.adam(1e-3)),"
+            " every_k_schedule=k)."
+        )
 
 
 def _keep_unsampled_rows(new, old, rows):

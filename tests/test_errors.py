@@ -104,6 +104,17 @@ def test_a_hidden_lookahead_is_refused_at_init(hidden, wrapper):
         tx.init({"embedding": jnp.ones((3, 2))})
 
 
+@pytest.mark.parametrize("as_transformation", [False, True])
+def test_lazy_mask_around_multisteps_is_refused_at_init(as_transformation):
+    multi = optax.MultiSteps(optax.sgd(1.0), every_k_schedule=2)
+    inner = multi.gradient_transformation() if as_transformation else multi
+    tx = lazy_mask(inner)
+    with pytest.raises(ValueError, match=r"MultiSteps outside.*MultiSteps\(lazy_mask"):
+        tx.init({"embedding": jnp.ones((3, 2))})
+    # The working order.
+    optax.MultiSteps(lazy_mask(optax.sgd(1.0)), 2).init({"embedding": jnp.ones((3, 2))})
+
+
 def test_mask_that_selects_nothing():
     tx = lazy_mask(optax.sgd(0.1))
     with pytest.raises(ValueError, match="selects no parameter.*mask="):

@@ -317,7 +317,7 @@ def _update_and_apply(config: LookaheadConfig, updates, state, params, **extra_a
         fast, touched = fast_and_touched
         if not _is_sparse(config):
             slow = interpolate(slow, fast)
-            return (slow, None), slow
+            return (slow, touched), slow
         params, slow, touched = _touched_rows.sync(
             interpolate, touched, inner_updates, fast, slow
         )

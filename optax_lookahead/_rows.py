@@ -105,8 +105,15 @@ def combine_across(flags: jax.Array, axis_name) -> jax.Array:
     """ORs per-row flags over the named mapped axes (one all-reduce), if any."""
     if axis_name is None:
         return flags
-    # pmax over int32: one all-reduce of a row vector, on every backend.
-    return jax.lax.pmax(flags.astype(jnp.int32), axis_name) > 0
+    try:
+        # pmax over int32: one all-reduce of a row vector, on every backend.
+        return jax.lax.pmax(flags.astype(jnp.int32), axis_name) > 0
+    except NameError:  # JAX's "unbound axis name", which names a psum
+        raise ValueError(
+            f"lazy_mask(axis_name={axis_name!r}): no mapped axis of that name"
+            " surrounds this update. Name the axis of the pmap or shard_map that"
+            " runs it, or leave axis_name=None under jit and outside any map."
+        ) from None
 
 
 def broadcast_rows(rows: jax.Array, like: jax.Array) -> jax.Array:
@@ -426,10 +433,13 @@ def add_update(param, update) -> jax.Array:
     """``param + update`` in ``param``'s dtype, as ``optax.apply_updates`` does.
 
     The sum is taken in the dtype standard promotion would choose (float32 for
-    bfloat16 + float16), so the result is the same bits as
+    bfloat16 + float16; the update's dtype for a weakly typed param such as
+    ``jnp.array(1.0)``), so the result is the same bits as
     ``optax.apply_updates`` gives, also under strict dtype promotion.
     """
     param, update = jnp.asarray(param), jnp.asarray(update)
+    if jax.typeof(param).weak_type:  # promotion takes the update's dtype
+        return (param + update).astype(param.dtype)
     if param.dtype != update.dtype and all(
         jnp.issubdtype(x.dtype, jnp.floating) for x in (param, update)
     ):

@@ -115,6 +115,15 @@ def test_lazy_mask_around_multisteps_is_refused_at_init(as_transformation):
     optax.MultiSteps(lazy_mask(optax.sgd(1.0)), 2).init({"embedding": jnp.ones((3, 2))})
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_an_axis_name_outside_any_map_is_named(jit):
+    tx = lazy_mask(optax.sgd(1.0), axis_name="data")
+    params = {"embedding": jnp.ones((3, 2))}
+    update = jax.jit(tx.update) if jit else tx.update
+    with pytest.raises(ValueError, match=r"axis_name='data'.*pmap or shard_map"):
+        update(params, tx.init(params), params)
+
+
 def test_mask_that_selects_nothing():
     tx = lazy_mask(optax.sgd(0.1))
     with pytest.raises(ValueError, match="selects no parameter.*mask="):

@@ -135,3 +135,20 @@ def test_params_none_is_refused_clearly():
     state = tx.init(jnp.ones(2))
     with pytest.raises(ValueError, match="params is None"):
         update_and_apply(tx, None, state, jnp.ones(2))
+
+
+@pytest.mark.parametrize("update_dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize(
+    "param", [jnp.array(1.0001), jnp.full(2, 1.0001), jnp.array([1.0001, 2.0])]
+)
+def test_for_other_transformations_it_is_exactly_update_then_apply(param, update_dtype):
+    # Weakly typed params (jnp.array(1.0)) take the update's dtype under JAX's
+    # promotion; optax.apply_updates keeps that, and so must this.
+    tx = optax.scale(-0.03)
+    grads = jnp.full(jnp.shape(param), 1.0, update_dtype)
+    with jax.numpy_dtype_promotion("standard"):  # mixed dtypes in optax's own
+        updates, _ = tx.update(grads, tx.init(param), param)
+        want = optax.apply_updates(param, updates)
+    got, _ = update_and_apply(tx, param, tx.init(param), grads)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

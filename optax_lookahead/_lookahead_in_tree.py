@@ -45,7 +45,11 @@ def slow_params(opt_state: optax.OptState, default=_NO_DEFAULT) -> optax.Params:
         raises.
 
     Returns:
-      The slow weights, a tree with the params' structure.
+      The slow weights, a tree with the params' structure. Under
+      ``optax.masked`` or ``optax.multi_transform`` the params the lookahead
+      does not train are ``optax.MaskedNode()`` there (they have no slow
+      copy); ``optax_lookahead.flax.slow_train_state`` and ``slow_model`` put
+      their params in those places.
 
     Raises:
       ValueError: if ``opt_state`` holds no :class:`LookaheadState` and no

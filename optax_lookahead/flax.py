@@ -13,6 +13,7 @@ does not.
 
 import jax
 import jax.numpy as jnp
+import optax
 
 try:
     from flax import linen as nn
@@ -179,10 +180,11 @@ def _pure(tree):
 
     What ``nnx.as_pure`` does in recent Flax, also on Flax 0.11, which lacks it.
     """
+    is_variable = lambda x: isinstance(x, nnx.Variable)
+    # get_value, not x[...]: a variable may hold optax.MaskedNode (optax.masked).
+    value = lambda x: x.get_value() if hasattr(x, "get_value") else x.value
     return jax.tree.map(
-        lambda x: x[...] if isinstance(x, nnx.Variable) else x,
-        tree,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
+        lambda x: value(x) if is_variable(x) else x, tree, is_leaf=is_variable
     )
 
 
@@ -273,7 +275,8 @@ def slow_train_state(
       >>> float(state.params["w"]), float(slow_train_state(state).params["w"])
       (3.0, 4.0)
     """
-    return state.replace(params=slow_params(state.opt_state))
+    slow = slow_params(state.opt_state)
+    return state.replace(params=_params_where_masked(slow, state.params))
 
 
 def slow_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
@@ -306,5 +309,19 @@ def slow_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
     """
     slow = slow_params(_pure(optimizer.opt_state))
     graphdef, trained, *rest = nnx.split(model, optimizer.wrt, ...)
-    nnx.replace_by_pure_dict(trained, nnx.to_pure_dict(slow))
+    slow = _params_where_masked(nnx.to_pure_dict(slow), nnx.to_pure_dict(trained))
+    nnx.replace_by_pure_dict(trained, slow)
     return nnx.merge(graphdef, trained, *rest)
+
+
+def _params_where_masked(slow, params):
+    """``slow``, with the params where the lookahead did not see them.
+
+    Under ``optax.masked`` or ``optax.multi_transform`` the slow weights hold
+    ``optax.MaskedNode()`` for the params the lookahead does not train; those
+    have no slow copy, and their params are the weights to evaluate with.
+    """
+    is_masked = lambda x: isinstance(x, optax.MaskedNode)
+    return jax.tree.map(
+        lambda s, p: p if is_masked(s) else s, slow, params, is_leaf=is_masked
+    )

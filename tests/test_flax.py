@@ -241,3 +241,28 @@ def test_slow_train_state_needs_a_lookahead():
     )
     with pytest.raises(ValueError, match="no LookaheadState"):
         slow_train_state(state)
+
+
+def test_slow_weights_under_optax_masked_keep_the_params_lookahead_does_not_see():
+    # Leaves outside the lookahead have no slow copy (optax.MaskedNode in the
+    # slow weights): evaluation uses their params.
+    x = jnp.ones((1, 3))
+    tx = optax.masked(
+        lookahead(optax.sgd(0.1), sync_period=2),
+        lambda p: jax.tree.map(lambda leaf: leaf.ndim == 2, p),
+    )
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer.update(model, nnx.grad(lambda m: m(x).sum())(model))
+    evaluated = slow_model(model, optimizer)
+    chex.assert_trees_all_equal(evaluated.bias[...], model.bias[...])
+    assert not np.array_equal(evaluated.kernel[...], model.kernel[...])
+    evaluated(x)
+
+    params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+    state = TrainState.create(apply_fn=None, params=params, tx=tx)
+    state = state.apply_gradients(grads=jax.tree.map(jnp.ones_like, params))
+    slow = slow_train_state(state).params
+    assert isinstance(slow_params(state.opt_state)["bias"], optax.MaskedNode)
+    chex.assert_trees_all_equal(slow["bias"], state.params["bias"])
+    chex.assert_trees_all_equal(slow["kernel"], params["kernel"])  # before a sync

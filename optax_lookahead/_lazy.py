@@ -238,6 +238,8 @@ def _selection(mask: Mask, tree) -> Any:
         )
     else:
         mask_tree = mask(tree) if callable(mask) else mask
+        for flag in jax.tree.leaves(mask_tree):
+            _check_flag(flag)
         try:
             selected = jax.tree.map(
                 lambda flag, subtree: jax.tree.map(lambda _: bool(flag), subtree),
@@ -266,6 +268,14 @@ def _selection(mask: Mask, tree) -> Any:
                 " masked by row."
             )
     return selected
+
+
+def _check_flag(flag) -> None:
+    """A mask leaf must be a boolean: a string or a number is no answer."""
+    if np.ndim(flag) != 0 or np.asarray(flag).dtype != np.bool_:
+        raise TypeError(
+            f"lazy_mask: the mask's leaves must be True or False, got {flag!r}."
+        )
 
 
 def _ends_in_embedding(path) -> bool:

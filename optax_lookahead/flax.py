@@ -156,6 +156,13 @@ def sparse_embed_grads(grads, perturbation_grads, ids):
         if _names(path)[-1:] != ("embedding",) or module not in row_grads:
             return leaf
         found.add(module)
+        if isinstance(ids, dict) and module not in ids:
+            raise ValueError(
+                f"sparse_embed_grads: ids is a dict without the key {module!r},"
+                f" the path of a SparseEmbed (its keys: {sorted(ids, key=str)});"
+                " key the ids by each module's path as a tuple of names, as in"
+                " the params, or pass one array for all of them."
+            )
         module_ids = jnp.asarray(ids[module] if isinstance(ids, dict) else ids)
         rows = row_grads[module]
         if rows.shape[: module_ids.ndim] != module_ids.shape:

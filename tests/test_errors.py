@@ -124,6 +124,13 @@ def test_an_axis_name_outside_any_map_is_named(jit):
         update(params, tx.init(params), params)
 
 
+@pytest.mark.parametrize("flag", ["no", 1, 0.0])
+def test_a_mask_leaf_that_is_not_a_bool_is_refused(flag):
+    tx = lazy_mask(optax.sgd(1.0), mask={"embedding": True, "bias": flag})
+    with pytest.raises(TypeError, match="mask's leaves must be True or False"):
+        tx.init({"embedding": jnp.ones((3, 2)), "bias": jnp.ones(2)})
+
+
 def test_mask_that_selects_nothing():
     tx = lazy_mask(optax.sgd(0.1))
     with pytest.raises(ValueError, match="selects no parameter.*mask="):

@@ -440,6 +440,15 @@ def test_sparse_embed_grads_names_a_perturbation_without_its_table():
         sparse_embed_grads(grads, perturbations, jnp.arange(3))
 
 
+def test_sparse_embed_grads_names_a_module_missing_from_the_ids_dict():
+    grads = {"embed": {"embedding": jnp.ones((ROWS, DIM))}}
+    perturbations = {"embed": {"rows": jnp.ones((3, DIM))}}
+    for keys in ("embed", ("other",)):  # a str, not the tuple path; another
+        with pytest.raises(ValueError, match=r"without the key \('embed',\)"):
+            sparse_embed_grads(grads, perturbations, {keys: jnp.arange(3)})
+    sparse_embed_grads(grads, perturbations, {("embed",): jnp.arange(3)})
+
+
 # Optimizers that cannot run on the sampled rows alone (issue 10, item 4).
 
 

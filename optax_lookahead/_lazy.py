@@ -106,8 +106,9 @@ def lazy_mask(
       ``sampled_rows``: for each selected table, either a boolean vector with one
       flag per row or an integer array of sampled row ids (ids outside the
       table, such as ``-1`` padding, are ignored; repeats are fine). Give one
-      array to use it for every selected table, or a tree with the params'
-      structure holding an array (or ``None`` to detect) per selected table.
+      array (a Python list of ids counts as one) to use it for every selected
+      table, or a tree with the params' structure holding an array (or
+      ``None`` to detect) per selected table.
       Other extra arguments are forwarded to ``inner``.
 
     Raises:
@@ -270,6 +271,15 @@ def _selection(mask: Mask, tree) -> Any:
     return selected
 
 
+def _is_scalar_id(x) -> bool:
+    dtype = jnp.result_type(x) if hasattr(x, "dtype") or isinstance(x, int) else None
+    return (
+        dtype is not None
+        and np.ndim(x) == 0
+        and (jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_)
+    )
+
+
 def _check_flag(flag) -> None:
     """A mask leaf must be a boolean: a string or a number is no answer."""
     if np.ndim(flag) != 0 or np.asarray(flag).dtype != np.bool_:
@@ -287,6 +297,15 @@ def _ends_in_embedding(path) -> bool:
 
 def _sampled_rows_per_leaf(selected, updates, sampled_rows, axis_name):
     """A tree like ``updates``: a bool row vector per selected leaf, else None."""
+    if isinstance(sampled_rows, list | tuple) and all(map(_is_scalar_id, sampled_rows)):
+        # A Python list of ids (or flags) is one array, not a tree of tables
+        # (under jit its entries arrive as scalar tracers).
+        on_host = all(isinstance(x, int | np.generic) for x in sampled_rows)
+        sampled_rows = (
+            np.asarray(sampled_rows)  # NumPy: clean_ids checks int64 on the host
+            if on_host
+            else jnp.stack([jnp.asarray(x) for x in sampled_rows])
+        )
     if sampled_rows is None or isinstance(sampled_rows, (jax.Array, np.ndarray)):
         given = jax.tree.map(lambda _: sampled_rows, updates)
     else:
@@ -295,8 +314,11 @@ def _sampled_rows_per_leaf(selected, updates, sampled_rows, axis_name):
         except (ValueError, TypeError) as error:
             raise ValueError(
                 "lazy_mask: sampled_rows must be one array (used for every selected"
-                " table) or a tree with the params' structure holding an array or"
-                f" None per table; it does not match the updates: {error}"
+                " table) or a tree with the structure of the updates lazy_mask"
+                " sees, holding an array or None per table (under optax.masked"
+                " or an nnx.Optimizer that tree holds MaskedNode or nnx.State"
+                " nodes: pass one array there); it does not match the updates:"
+                f" {error}"
             ) from None
 
     def rows_for(path, flag, update, given_rows):

@@ -219,6 +219,19 @@ def test_explicit_sampled_rows_override_detection():
         assert np.all(np.asarray(updates["bias"]) != 0), "dense leaves move as usual"
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_python_list_of_ids_is_one_array_also_for_list_params(jit):
+    # Not a tree of one id per table: [0, 5] names rows 0 and 5 of each table.
+    params = [jnp.ones((6, 2)), jnp.ones((6, 3))]
+    tx = lazy_mask(optax.sgd(1.0), mask=[True, True])
+    update = jax.jit(tx.update) if jit else tx.update
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = update(grads, tx.init(params), params, sampled_rows=[0, 5])
+    for table in updates:
+        moved = np.flatnonzero(np.abs(np.asarray(table)).sum(axis=1))
+        np.testing.assert_array_equal(moved, [0, 5])
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_nan_and_tiny_rows_count_as_sampled(dtype):
     tiny = float(jnp.finfo(dtype).tiny)  # XLA flushes subnormals to zero

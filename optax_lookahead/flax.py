@@ -329,6 +329,8 @@ def _params_where_masked(slow, params):
     have no slow copy, and their params are the weights to evaluate with.
     """
     is_masked = lambda x: isinstance(x, optax.MaskedNode)
+    if not any(map(is_masked, jax.tree.leaves(slow, is_leaf=is_masked))):
+        return slow  # the slow weights themselves, not a new tree of them
     return jax.tree.map(
         lambda s, p: p if is_masked(s) else s, slow, params, is_leaf=is_masked
     )

@@ -272,12 +272,11 @@ def _selection(mask: Mask, tree) -> Any:
 
 
 def _is_scalar_id(x) -> bool:
-    dtype = jnp.result_type(x) if hasattr(x, "dtype") or isinstance(x, int) else None
-    return (
-        dtype is not None
-        and np.ndim(x) == 0
-        and (jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_)
-    )
+    """Whether ``x`` is one row id or flag: a scalar integer or bool of any kind."""
+    if not (isinstance(x, int) or hasattr(x, "dtype")) or np.ndim(x) != 0:
+        return False
+    dtype = jnp.result_type(x)
+    return jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_
 
 
 def _check_flag(flag) -> None:

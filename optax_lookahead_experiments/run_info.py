@@ -19,7 +19,9 @@ def cpu_model() -> str:
 
 
 def environment() -> dict:
-    """Python and package versions, CPU model and count, JAX's devices."""
+    """Python and package versions, CPU model and count, JAX's devices and its
+    default matmul precision (None: JAX's default, which on recent NVIDIA GPUs
+    may compute float32 products in TensorFloat32)."""
     import jax  # here, so that reading this module does not start JAX
 
     versions = {}
@@ -35,6 +37,7 @@ def environment() -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in jax.devices()],
+        "matmul_precision": jax.config.jax_default_matmul_precision,
     }
 
 

@@ -424,13 +424,40 @@ def test_results_md_is_what_make_results_renders_from_the_logs():
     # edit outside the notes, or logs committed without re-rendering, fails.
     from optax_lookahead_experiments import make_results
 
-    _, partial = make_results.read_imdb_logs(make_results.RESULTS / "imdb")
-    if partial:  # a grid running here; RESULTS.md is rendered without them
-        pytest.skip(f"{len(partial)} unfinished IMDB runs under results/imdb")
+    for folder in ("imdb", "imdb_gpu"):
+        _, partial = make_results.read_imdb_logs(make_results.RESULTS / folder)
+        if partial:  # a grid running here; RESULTS.md is rendered without them
+            pytest.skip(f"{len(partial)} unfinished IMDB runs under results/{folder}")
     committed = (make_results.ROOT / "RESULTS.md").read_text()
     assert committed == make_results.render(committed, plots=False), (
         "RESULTS.md is stale: run `python -m optax_lookahead_experiments.make_results`"
     )
+
+
+def test_results_machines_count_a_program_of_several_seeds_once():
+    from optax_lookahead_experiments import make_results
+
+    environment = json.loads(
+        (make_results.RESULTS / "imdb_gpu" / "adam-seed0.json").read_text()
+    )["environment"]
+
+    def log(optimizer, seed, program, started):
+        return {
+            "optimizer": optimizer,
+            "seed": seed,
+            "seeds_in_program": program,
+            "started": started,
+            "wall_seconds": 1800.0,
+            "environment": environment,
+            "device": "gpu: H",
+        }
+
+    logs = [log("adam", s, [0, 1, 2], "t0") for s in (0, 1, 2)]
+    logs += [log("lazy", 5, [5], "t1"), log("lazy", 7, [7], "t2")]
+    text = make_results.machines(logs)
+    assert "5 runs, complete or in progress (adam seeds 0-2; lazy seeds 5, 7)" in text
+    assert "trained by 3 programs of 1 or 3 seeds each; wall time 1.5 h" in text
+    assert make_results.seed_ranges([5, 0, 1, 2, 9, 10]) == "0-2, 5, 9-10"
 
 
 def test_results_notes_quote_intervals_that_their_section_tables_hold():

@@ -29,6 +29,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from optax_lookahead import _rows, _state_tree
 
+# The fewest rows a round of a sparse sync gathers: few enough to cost little
+# beside a step's own rows, enough that a sweep of every row (after a dense
+# update) takes at most a thousandth of the table's rows in rounds.
+MIN_ROWS_PER_ROUND = 1024
+
 
 class TouchedRows(NamedTuple):
     """The rows of one table that sparse updates touched since the last sync.
@@ -126,8 +131,8 @@ def sync(interpolate, touched, updates, fast, slow):
     ``interpolate(slow, fast)`` gives the new slow weights of a leaf (or of
     some of its rows). A leaf with sparse updates syncs only the rows its
     record lists (every row, after a dense update), gathered this step's
-    number of ids at a time: one round when the period touched no more rows
-    than this step has ids, more otherwise.
+    number of ids at a time, and at least ``MIN_ROWS_PER_ROUND``: one round
+    when the period touched no more rows than that, more otherwise.
     (A loop, not a ``lax.cond`` falling back to every row: XLA:CPU copies
     whole tables that a conditional passes through.)
     """
@@ -137,7 +142,9 @@ def sync(interpolate, touched, updates, fast, slow):
             slow = interpolate(slow, fast)
             return slow, slow, _emptied(record)
         num_rows = record.ids.shape[0]
-        chunk = max(1, min(num_rows, update.ids.size))
+        # A step with few ids would otherwise sweep a table after a dense
+        # update in as many rounds as it has rows over ids.
+        chunk = max(1, min(num_rows, max(update.ids.size, MIN_ROWS_PER_ROUND)))
         # After a dense update, slot i stands for row i: every row is pending.
         pending = jnp.where(record.every_row, num_rows, record.num_touched)
 

@@ -52,7 +52,13 @@ def steps(sync_period, on_sync):
 
 
 def run_both(
-    ids_per_step, sync_period, on_sync="keep", seed=0, buffer=None, dense_at=()
+    ids_per_step,
+    sync_period,
+    on_sync="keep",
+    seed=0,
+    buffer=None,
+    dense_at=(),
+    rows=ROWS,
 ):
     """Sparse and dense lookahead over the same id buffers; final states.
 
@@ -60,13 +66,13 @@ def run_both(
     steps in ``dense_at`` both get a dense gradient for every row instead.
     """
     rng = np.random.default_rng(seed)
-    params = {"embedding": jnp.asarray(rng.normal(size=(ROWS, DIM)), jnp.float32)}
+    params = {"embedding": jnp.asarray(rng.normal(size=(rows, DIM)), jnp.float32)}
     sparse_tx, dense_tx, sparse_step, dense_step = steps(sync_period, on_sync)
     sparse = (jax.tree.map(jnp.copy, params), sparse_tx.init(params))
     dense = (jax.tree.map(jnp.copy, params), dense_tx.init(params))
     for step, ids in enumerate(ids_per_step):
         if step in dense_at:
-            values = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+            values = rng.normal(size=(rows, DIM)).astype(np.float32)
             grads = {"embedding": jnp.asarray(values)}
             sparse, dense = sparse_step(*sparse, grads), dense_step(*dense, grads)
             continue
@@ -74,9 +80,9 @@ def run_both(
             ids = list(ids) + [-1] * (buffer - len(ids))
         ids = np.asarray(ids, np.int32)
         values = rng.normal(size=(ids.size, DIM)).astype(np.float32)
-        rows = sparse_rows(jnp.asarray(ids), jnp.asarray(values), ROWS)
-        sparse = sparse_step(*sparse, {"embedding": rows})
-        dense = dense_step(*dense, {"embedding": dense_gradient(ids, values, ROWS)})
+        update = sparse_rows(jnp.asarray(ids), jnp.asarray(values), rows)
+        sparse = sparse_step(*sparse, {"embedding": update})
+        dense = dense_step(*dense, {"embedding": dense_gradient(ids, values, rows)})
     return params, sparse, dense
 
 
@@ -142,11 +148,45 @@ def test_dense_steps_through_tx_update_are_synced_by_a_sparse_sync():
 
 
 def test_a_period_that_touched_more_rows_than_one_round_takes_several():
-    # The sync step names one id, so one round covers sync_period = 3 rows;
-    # the period touched 31.
-    ids = [list(range(0, 30)), [35], [36]]
-    _, sparse, dense = run_both(ids, sync_period=3)
+    # The sync step names one id, so a round covers MIN_ROWS_PER_ROUND rows;
+    # the period touched 1,502 of 3,000 (two rounds, the second partial).
+    assert _touched_rows.MIN_ROWS_PER_ROUND == 1024
+    ids = [list(range(0, 3000, 2)), [2001], [2003]]
+    _, sparse, dense = run_both(ids, sync_period=3, rows=3000)
     assert_agree(sparse, dense)
+
+
+def test_after_a_dense_step_a_sync_with_few_ids_sweeps_in_large_rounds():
+    # Every row is pending after the dense step: three rounds of 1,024 rows
+    # (the last partial) for 2,500 rows, not 2,500 rounds of the step's id.
+    _, sparse, dense = run_both([[], [7], [9]], sync_period=3, dense_at={0}, rows=2500)
+    assert_agree(sparse, dense)
+    tx = lookahead(sparse_lazy(adam()), sync_period=3)
+    params = {"embedding": jnp.zeros((2500, DIM))}
+    grads = {"embedding": sparse_rows(jnp.array([7]), jnp.ones((1, DIM)), 2500)}
+    jaxpr = jax.make_jaxpr(functools.partial(update_and_apply, tx))(
+        params, tx.init(params), grads
+    )
+    assert sync_round_sizes(jaxpr.jaxpr) == {1024}
+
+
+def sync_round_sizes(jaxpr) -> set:
+    """The number of rows each while loop in ``jaxpr`` gathers per round."""
+    sizes = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "while":
+            body = eqn.params["body_jaxpr"].jaxpr
+            sizes |= {
+                inner.outvars[0].aval.shape[0]
+                for inner in body.eqns
+                if inner.primitive.name == "gather"
+            }
+        for value in eqn.params.values():  # nested: pjit, cond branches, loops
+            for sub in value if isinstance(value, (tuple, list)) else [value]:
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if hasattr(sub, "eqns"):
+                    sizes |= sync_round_sizes(sub)
+    return sizes
 
 
 @pytest.mark.parametrize("on_sync", ["keep", "reset", "pullback"])

@@ -21,6 +21,7 @@ A dense update of a table (a step given a dense gradient for it) may move any
 row, so it sets ``every_row``, and the next sync moves every row of that table.
 """
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -29,10 +30,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from optax_lookahead import _rows, _state_tree
 
-# The fewest rows a round of a sparse sync gathers: few enough to cost little
-# beside a step's own rows, enough that a sweep of every row (after a dense
-# update) takes at most a thousandth of the table's rows in rounds.
+# The fewest rows a round of a sparse sync gathers, unless they would take
+# more than ROUND_BYTES: few enough to cost little beside a step's own rows,
+# enough that a sweep of every row (after a dense update) takes at most a
+# thousandth of the table's rows in rounds. A table of wide rows (more than
+# 4 KiB each) sweeps in rounds of fewer rows, never fewer than the step's.
 MIN_ROWS_PER_ROUND = 1024
+ROUND_BYTES = 4 << 20
 
 
 class TouchedRows(NamedTuple):
@@ -131,8 +135,8 @@ def sync(interpolate, touched, updates, fast, slow):
     ``interpolate(slow, fast)`` gives the new slow weights of a leaf (or of
     some of its rows). A leaf with sparse updates syncs only the rows its
     record lists (every row, after a dense update), gathered this step's
-    number of ids at a time, and at least ``MIN_ROWS_PER_ROUND``: one round
-    when the period touched no more rows than that, more otherwise.
+    number of ids at a time or more (``_rows_per_round``): one round when the
+    period touched no more rows than that, more otherwise.
     (A loop, not a ``lax.cond`` falling back to every row: XLA:CPU copies
     whole tables that a conditional passes through.)
     """
@@ -142,9 +146,7 @@ def sync(interpolate, touched, updates, fast, slow):
             slow = interpolate(slow, fast)
             return slow, slow, _emptied(record)
         num_rows = record.ids.shape[0]
-        # A step with few ids would otherwise sweep a table after a dense
-        # update in as many rounds as it has rows over ids.
-        chunk = max(1, min(num_rows, max(update.ids.size, MIN_ROWS_PER_ROUND)))
+        chunk = max(1, min(num_rows, _rows_per_round(update.ids.size, slow)))
         # After a dense update, slot i stands for row i: every row is pending.
         pending = jnp.where(record.every_row, num_rows, record.num_touched)
 
@@ -183,6 +185,15 @@ def sync(interpolate, touched, updates, fast, slow):
         jax.tree.unflatten(structure, leaves) for leaves in zip(*synced, strict=True)
     )
     return params, slow, touched
+
+
+def _rows_per_round(num_ids: int, table: jax.Array) -> int:
+    """The rows a round of the sync gathers: the step's ids, and at least
+    ``MIN_ROWS_PER_ROUND`` where they fit in ``ROUND_BYTES`` (a step with few
+    ids would otherwise sweep a table after a dense update in as many rounds
+    as it has rows over ids)."""
+    row_bytes = max(1, math.prod(table.shape[1:]) * table.dtype.itemsize)
+    return max(num_ids, min(MIN_ROWS_PER_ROUND, ROUND_BYTES // row_bytes))
 
 
 def emptied(touched):

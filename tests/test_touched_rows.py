@@ -148,7 +148,8 @@ def test_dense_steps_through_tx_update_are_synced_by_a_sparse_sync():
 
 
 def test_a_period_that_touched_more_rows_than_one_round_takes_several():
-    # The sync step names one id, so a round covers MIN_ROWS_PER_ROUND rows;
+    # The sync step names one id, so a round covers MIN_ROWS_PER_ROUND rows
+    # (of 12 bytes each);
     # the period touched 1,502 of 3,000 (two rounds, the second partial).
     assert _touched_rows.MIN_ROWS_PER_ROUND == 1024
     ids = [list(range(0, 3000, 2)), [2001], [2003]]
@@ -168,6 +169,19 @@ def test_after_a_dense_step_a_sync_with_few_ids_sweeps_in_large_rounds():
         params, tx.init(params), grads
     )
     assert sync_round_sizes(jaxpr.jaxpr) == {1024}
+
+
+@pytest.mark.parametrize(("width", "rows_per_round"), [(2**18, 4), (2**20, 1)])
+def test_a_table_of_wide_rows_syncs_in_rounds_of_at_most_4_mib(width, rows_per_round):
+    # 1 MiB and 4 MiB rows (float32): 1,024 of them would be 1 and 4 GiB.
+    tx = lookahead(sparse_lazy(optax.sgd(1.0)), sync_period=3)
+    params = {"embedding": jax.ShapeDtypeStruct((8, width), jnp.float32)}
+    grads = {"embedding": sparse_rows(jnp.array([7]), jnp.ones((1, width)), 8)}
+    state = jax.eval_shape(tx.init, params)
+    jaxpr = jax.make_jaxpr(functools.partial(update_and_apply, tx))(
+        params, state, grads
+    )
+    assert sync_round_sizes(jaxpr.jaxpr) == {rows_per_round}
 
 
 def sync_round_sizes(jaxpr) -> set:

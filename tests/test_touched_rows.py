@@ -149,8 +149,8 @@ def test_dense_steps_through_tx_update_are_synced_by_a_sparse_sync():
 
 def test_a_period_that_touched_more_rows_than_one_round_takes_several():
     # The sync step names one id, so a round covers MIN_ROWS_PER_ROUND rows
-    # (of 12 bytes each);
-    # the period touched 1,502 of 3,000 (two rounds, the second partial).
+    # (of 12 bytes each); the period touched 1,502 of 3,000 rows: two rounds,
+    # the second partial.
     assert _touched_rows.MIN_ROWS_PER_ROUND == 1024
     ids = [list(range(0, 3000, 2)), [2001], [2003]]
     _, sparse, dense = run_both(ids, sync_period=3, rows=3000)

@@ -23,9 +23,10 @@
 # JAX's default precision lets recent NVIDIA GPUs compute float32 matrix
 # products in TensorFloat32 (the CPU computes them in float32); each log records
 # the setting in environment.matmul_precision. For a grid in float32, to a
-# folder of its own:
+# folder of its own (Adam with and without the doubled counter: 173 s on one
+# H100, 2026-11-27; RESULTS.md 1b):
 #   JAX_DEFAULT_MATMUL_PRECISION=float32 RESULTS_DIR=results/imdb_gpu_float32 \
-#     bash optax_lookahead_experiments/gpu_grid.sh
+#     OPTIMIZERS="adam adam_double_count" bash optax_lookahead_experiments/gpu_grid.sh
 #
 # Extra arguments go to the runner, e.g. --epochs 2 --seeds 0 1 for a check;
 # OPTIMIZERS="adam lazy" picks optimizers, RESULTS_DIR another folder for the

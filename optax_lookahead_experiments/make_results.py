@@ -2,9 +2,10 @@
 
 Every number in RESULTS.md comes from a log: ``results/imdb_gpu/*.json`` and
 ``results/imdb/*.json`` (one per IMDB run, written by
-``optax_lookahead_experiments.imdb.reproduce``: the whole grid on one GPU, and
-the runs of a 2-core CPU, kept apart so that every pair of runs shares a
-machine), ``results/imdb_v1/`` (the first, 3-seed protocol, kept for reference),
+``optax_lookahead_experiments.imdb.reproduce``: the whole grid on one GPU, Adam
+again on that GPU in float32 (``results/imdb_gpu_float32/``), and the runs of a
+2-core CPU, kept apart so that every pair of runs shares a machine and a
+precision), ``results/imdb_v1/`` (the first, 3-seed protocol, kept for reference),
 ``results/digits/lr_sweep.json`` and ``results/nqm/nqm.json``. Unfinished IMDB
 runs are left out of the tables and counted, and comparisons with fewer pairs
 than planned are marked incomplete, so the file can be regenerated while the
@@ -168,11 +169,14 @@ def machines(logs: list[dict]) -> str:
     return "**Machines.** " + " ".join(parts)
 
 
-def imdb_section(folder: pathlib.Path, plots: bool = True) -> str:
+def imdb_section(
+    folder: pathlib.Path, plots: bool = True, optimizers=(*MAIN, *EXTRA)
+) -> str:
     """Status, setup, tables, paired statistics and plots of the v2 runs logged
-    in ``folder``, drawn into it (only with ``plots``; the text is the same)."""
+    in ``folder``, drawn into it (only with ``plots``; the text is the same);
+    ``optimizers``: the ones planned there."""
     logs, partial = read_imdb_logs(folder)
-    optimizers = [*MAIN, *EXTRA]
+    optimizers = list(optimizers)
     figures = f"results/{folder.name}"
     if not logs and not partial:
         return "No IMDB log of this protocol yet.\n"
@@ -539,10 +543,11 @@ def render(old: str, plots: bool = True) -> str:
             "",
             "The same protocol ran on two machines, and each machine's runs"
             " are reported apart, so that the two runs of every pair share one:"
-            " the whole grid on one GPU (1a), and the main comparison's first"
-            " seeds on a 2-core CPU (1b). Same code, same seed, different"
-            " floating-point rounding: a seed's runs on the two machines are not"
-            " the same numbers.",
+            " the whole grid on one GPU (1a), Adam with and without the doubled"
+            " counter again on that GPU with float32 matrix products (1b), and"
+            " the main comparison's first seeds on a 2-core CPU (1c). Same code,"
+            " same seed, different floating-point rounding: a seed's runs on two"
+            " machines, or at two precisions, are not the same numbers.",
             "",
             "### 1a. The whole grid on one GPU",
             "",
@@ -552,7 +557,19 @@ def render(old: str, plots: bool = True) -> str:
             "",
             imdb_section(RESULTS / "imdb_gpu", plots),
             notes(old, "imdb"),
-            "### 1b. The same protocol on a 2-core CPU",
+            "### 1b. Adam and Adam with the doubled counter on the GPU in float32",
+            "",
+            "Regenerate: `JAX_DEFAULT_MATMUL_PRECISION=float32"
+            " RESULTS_DIR=results/imdb_gpu_float32"
+            ' OPTIMIZERS="adam adam_double_count"'
+            " bash optax_lookahead_experiments/gpu_grid.sh`, then"
+            " `python -m optax_lookahead_experiments.make_results`.",
+            "",
+            imdb_section(
+                RESULTS / "imdb_gpu_float32", plots, ("adam", "adam_double_count")
+            ),
+            notes(old, "imdb_gpu_float32"),
+            "### 1c. The same protocol on a 2-core CPU",
             "",
             "Regenerate:"
             " `nice -n 19 python -m optax_lookahead_experiments.imdb.reproduce`"
@@ -562,7 +579,7 @@ def render(old: str, plots: bool = True) -> str:
             imdb_section(RESULTS / "imdb", plots),
             throughput_section(throughput),
             notes(old, "imdb_cpu"),
-            "### 1c. The first protocol (3 seeds, no validation split)",
+            "### 1d. The first protocol (3 seeds, no validation split)",
             "",
             imdb_v1_section(v1),
             notes(old, "imdb_v1"),
@@ -603,7 +620,7 @@ def main() -> None:
     target = ROOT / "RESULTS.md"
     target.write_text(render(target.read_text() if target.exists() else ""))
     counts = []
-    for folder in ("imdb_gpu", "imdb", "imdb_v1"):
+    for folder in ("imdb_gpu", "imdb_gpu_float32", "imdb", "imdb_v1"):
         complete, partial = read_imdb_logs(RESULTS / folder)
         counts.append(f"{folder}/: {len(complete)} complete, {len(partial)} partial")
     print(f"wrote {target}; IMDB runs: {', '.join(counts)}")
